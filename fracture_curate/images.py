@@ -1,0 +1,145 @@
+"""The one image loader every stage uses.
+
+It reads the format from the content (never the file name), guards against decompression bombs,
+applies EXIF orientation and brings every mode the datasets contain (8/16-bit grayscale, palette,
+CMYK, LA/RGBA, RGB) to a canonical pixel array. Failures raise :class:`ImageLoadError`, whose
+``status`` and ``reason`` go straight into a manifest row.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Pillow's own default limit; larger images are refused as probable decompression bombs.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+class ImageLoadError(Exception):
+    """An image that cannot be used, with a manifest ``status`` and a one-line ``reason``."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image: the canonical pixel array plus what the file said about itself."""
+
+    pixels: np.ndarray  #: H x W (grayscale, uint8 or uint16) or H x W x 3 (RGB, uint8)
+    format: str  #: the container format Pillow detected from the content, e.g. "JPEG"
+    mode: str  #: the file's own Pillow mode before conversion, e.g. "I;16", "P", "CMYK"
+    n_frames: int
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.pixels.ndim == 2
+
+
+def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image lazily (header only) and check it is not a decompression bomb."""
+    try:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError("too_large", f"decompression bomb guard: {error}") from error
+    except UnidentifiedImageError as error:
+        raise ImageLoadError("not_image", "not a recognised image format") from error
+    except PermissionError as error:
+        raise ImageLoadError("unreadable", f"permission denied: {error.strerror}") from error
+    except OSError as error:
+        raise ImageLoadError("unreadable", f"cannot read file: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageLoadError(
+            "too_large", f"{width}x{height} exceeds the {max_pixels:,}-pixel guard"
+        )
+    return image
+
+
+def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None) -> LoadedImage:
+    """Decode an opened image to its canonical array, EXIF orientation applied.
+
+    ``draft_size`` lets JPEG decode at a reduced scale (at least that size), which is much faster
+    when the caller resizes anyway.
+    """
+    file_format, file_mode = image.format or "unknown", image.mode
+    n_frames = getattr(image, "n_frames", 1)
+    try:
+        if draft_size is not None and file_format == "JPEG":
+            image.draft(image.mode if image.mode in ("L", "RGB") else None, draft_size)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        pixels = _canonical_pixels(image)
+    except OSError as error:
+        message = str(error)
+        status = "truncated" if "truncated" in message else "corrupt"
+        raise ImageLoadError(status, f"cannot decode {file_format}: {message}") from error
+    except (ValueError, SyntaxError, EOFError) as error:
+        raise ImageLoadError("corrupt", f"cannot decode {file_format}: {error}") from error
+    return LoadedImage(pixels=pixels, format=file_format, mode=file_mode, n_frames=n_frames)
+
+
+def load_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> LoadedImage:
+    """Open and decode an image file (or its bytes) in one step."""
+    with open_image(source, max_pixels=max_pixels) as image:
+        return decode(image, draft_size=draft_size)
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """An H x W x 3 uint8 view of a canonical array, for models that want three channels.
+
+    16-bit images are windowed to their own min-max range, because radiographs rarely use the
+    full 16 bits (10- and 12-bit data stored in 16-bit containers are the norm).
+    """
+    if pixels.dtype == np.uint16:
+        low, high = int(pixels.min()), int(pixels.max())
+        scale = 255.0 / max(high - low, 1)
+        pixels = ((pixels.astype(np.float32) - low) * scale).round().astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return pixels
+
+
+def _canonical_pixels(image: Image.Image) -> np.ndarray:
+    """Grayscale content as H x W (uint8, or uint16 for deep images); colour as H x W x 3 uint8.
+
+    RGB images whose three channels are equal count as grayscale, so the same picture stored as
+    L or as RGB has the same canonical array. Alpha is dropped.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image)
+        if array.dtype != np.uint16:
+            array = np.clip(array, 0, 65535).astype(np.uint16)
+        return array
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        return np.clip(array, 0, 255).round().astype(np.uint8)
+    if mode in ("1", "L", "LA"):
+        return np.asarray(image.convert("L"))
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    array = np.asarray(image.convert("RGB"))
+    if (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 1] == array[:, :, 2]).all():
+        return np.ascontiguousarray(array[:, :, 0])
+    return array

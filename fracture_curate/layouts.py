@@ -1,0 +1,144 @@
+"""Labels from a dataset's folder layout (or an explicit CSV).
+
+Supported layouts, detected automatically or forced by name:
+
+- ``class``: ``ROOT/<class>/...``
+- ``split-class``: ``ROOT/{train,val,test}/<class>/...`` (Bone Fracture Multi-Region)
+- ``class-split``: ``ROOT/<class>/{Train,Test}/...`` (the "Bone Break Classification" set)
+- ``mura``: ``.../XR_<REGION>/patient<ID>/study<N>_{positive,negative}/...`` (Stanford MURA)
+- ``csv``: ``--labels FILE`` with columns ``path,label`` and optionally ``split,patient_id``
+- ``none``: no labels (a flat folder)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+LAYOUTS = ("auto", "class", "split-class", "class-split", "mura", "csv", "none")
+
+_SPLIT_SYNONYMS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+_MURA_PATTERN = re.compile(
+    r"XR_(?P<region>[A-Za-z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_(?P<label>positive|negative)/"
+)
+
+
+class LayoutError(Exception):
+    """A layout that cannot be applied to the dataset (bad CSV, unknown layout name)."""
+
+
+@dataclass(frozen=True)
+class FileLabels:
+    """What the layout says about one file; ``None`` where it says nothing."""
+
+    label: str | None = None
+    source_split: str | None = None
+    patient_id: str | None = None
+    study_id: str | None = None
+    body_region: str | None = None
+
+
+def normalise_split(name: str) -> str | None:
+    """Map ``Train``, ``valid``, ``Testing``... to ``train``/``val``/``test``; else ``None``."""
+    return _SPLIT_SYNONYMS.get(name.strip().lower())
+
+
+def detect_layout(paths: list[str]) -> str:
+    """Guess the layout from relative POSIX paths by a majority vote over the files."""
+    if not paths:
+        return "none"
+    votes: Counter[str] = Counter()
+    for path in paths:
+        parts = PurePosixPath(path).parts[:-1]
+        if _MURA_PATTERN.search(path + "/" if not parts else path):
+            votes["mura"] += 1
+        elif len(parts) >= 2 and normalise_split(parts[0]):
+            votes["split-class"] += 1
+        elif len(parts) >= 2 and normalise_split(parts[1]):
+            votes["class-split"] += 1
+        elif len(parts) >= 1:
+            votes["class"] += 1
+        else:
+            votes["none"] += 1
+    return votes.most_common(1)[0][0]
+
+
+def labels_from_path(path: str, layout: str) -> FileLabels:
+    """The labels a folder layout gives one relative path."""
+    parts = PurePosixPath(path).parts[:-1]
+    if layout == "class":
+        return FileLabels(label=parts[0] if parts else None)
+    if layout == "split-class":
+        split = normalise_split(parts[0]) if parts else None
+        if split is None:
+            return FileLabels(label=parts[0] if parts else None)
+        return FileLabels(label=parts[1] if len(parts) >= 2 else None, source_split=split)
+    if layout == "class-split":
+        split = normalise_split(parts[1]) if len(parts) >= 2 else None
+        return FileLabels(label=parts[0] if parts else None, source_split=split)
+    if layout == "mura":
+        match = _MURA_PATTERN.search(path)
+        if match is None:
+            return FileLabels()
+        prefix = path[: match.start()].strip("/")
+        split = next((normalise_split(p) for p in prefix.split("/") if normalise_split(p)), None)
+        return FileLabels(
+            label=match["label"],
+            source_split=split,
+            patient_id=match["patient"],
+            study_id=f"{match['patient']}/{match['study']}",
+            body_region=match["region"].upper(),
+        )
+    if layout == "none":
+        return FileLabels()
+    raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def read_label_csv(csv_path: str | Path) -> dict[str, FileLabels]:
+    """Labels from a CSV with columns ``path,label`` and optionally ``split,patient_id``.
+
+    Paths are relative to the dataset root, in POSIX form.
+    """
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise LayoutError(f"cannot read labels CSV {csv_path}: {error}") from error
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise LayoutError(
+            f"labels CSV {csv_path} lacks column(s) {', '.join(sorted(missing))}; "
+            "it needs path,label and may have split,patient_id,study_id,body_region"
+        )
+    duplicated = table["path"][table["path"].duplicated()]
+    if not duplicated.empty:
+        raise LayoutError(f"labels CSV {csv_path} lists {duplicated.iloc[0]!r} more than once")
+
+    def cell(row: pd.Series, column: str) -> str | None:
+        value = row.get(column, "")
+        return value if value else None
+
+    labels = {}
+    for _, row in table.iterrows():
+        split = cell(row, "split")
+        labels[PurePosixPath(row["path"]).as_posix()] = FileLabels(
+            label=cell(row, "label"),
+            source_split=normalise_split(split) or split if split else None,
+            patient_id=cell(row, "patient_id"),
+            study_id=cell(row, "study_id"),
+            body_region=cell(row, "body_region"),
+        )
+    return labels

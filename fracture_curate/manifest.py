@@ -1,0 +1,105 @@
+"""Reading and writing the Parquet manifests that connect the stages.
+
+Every manifest carries, in its key-value metadata, the stage that wrote it, that stage's
+parameters and the tool version, so a table says how it was made. Writes are atomic: a killed run
+leaves the previous good file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fracture_curate import __version__
+
+METADATA_KEY = b"fracture_curate"
+
+#: The order in which stages run; each reads the manifest of the one before.
+STAGES = ("scan", "embed", "dedupe", "outliers", "split")
+
+
+class ManifestError(Exception):
+    """A manifest that is missing, unreadable or not the one a stage expects."""
+
+
+def manifest_path(directory: str | Path, stage: str) -> Path:
+    """Where a stage's manifest lives: ``DIR/<stage>.parquet`` (embed writes embeddings.parquet)."""
+    name = "embeddings" if stage == "embed" else stage
+    return Path(directory) / f"{name}.parquet"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_manifest(
+    frame: pd.DataFrame | pa.Table, path: str | Path, *, stage: str, params: dict[str, Any]
+) -> Path:
+    """Write ``frame`` atomically to ``path`` with the stage's provenance in the metadata."""
+    table = (
+        frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    )
+    provenance = {
+        "stage": stage,
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+    }
+    metadata = dict(table.schema.metadata or {})
+    metadata[METADATA_KEY] = json.dumps(provenance, default=str).encode()
+    table = table.replace_schema_metadata(metadata)
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp, compression="zstd")
+    return Path(path)
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The stage, parameters and tool version stored in a manifest's metadata."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except FileNotFoundError as error:
+        raise ManifestError(f"{path} does not exist") from error
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ManifestError(f"{path} is not a readable Parquet file: {error}") from error
+    if METADATA_KEY not in metadata:
+        raise ManifestError(f"{path} was not written by fracture-curate (no provenance metadata)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def read_manifest(
+    path: str | Path, *, stage: str | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a manifest, checking that it was written by ``stage`` when one is given."""
+    path = Path(path)
+    if not path.exists():
+        hint = f" Run `curate {stage}` first." if stage else ""
+        raise ManifestError(f"{path} does not exist.{hint}")
+    provenance = read_provenance(path)
+    if stage is not None and provenance.get("stage") != stage:
+        raise ManifestError(
+            f"{path} was written by stage {provenance.get('stage')!r}, expected {stage!r}"
+        )
+    return pd.read_parquet(path, columns=columns)

@@ -1,0 +1,1 @@
+"""fracture-train: fine-tune and evaluate a fracture classifier on a curated split manifest."""

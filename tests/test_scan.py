@@ -1,0 +1,238 @@
+"""``curate scan`` on real files: every layout, every kind of bad input, the manifest it writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import noise_image, png_header_only, save_gray
+from PIL import Image
+from typer.testing import CliRunner
+
+from fracture_curate.cli import app
+from fracture_curate.layouts import LayoutError, detect_layout
+from fracture_curate.manifest import read_manifest, read_provenance
+from fracture_curate.scan import SCAN_COLUMNS, scan_dataset
+
+runner = CliRunner()
+
+
+def write_tree(root, relative_paths, fmt="PNG"):
+    for index, relative in enumerate(relative_paths):
+        save_gray(root / relative, noise_image(index), format=fmt)
+
+
+@pytest.mark.parametrize(
+    ("layout", "paths", "expected"),
+    [
+        (
+            "class",
+            ["fractured/a.png", "not fractured/b.png"],
+            [("fractured", None), ("not fractured", None)],
+        ),
+        (
+            "split-class",
+            ["train/fractured/a.png", "Valid/not fractured/b.png", "TEST/fractured/c.png"],
+            [("fractured", "train"), ("not fractured", "val"), ("fractured", "test")],
+        ),
+        (
+            "class-split",
+            ["Comminuted/Train/a.jpg", "Greenstick/Test/b.jpg", "Greenstick/Train/c.jpg"],
+            [("Comminuted", "train"), ("Greenstick", "test"), ("Greenstick", "train")],
+        ),
+    ],
+)
+def test_folder_layouts_are_detected_and_labelled(tmp_path, layout, paths, expected):
+    write_tree(tmp_path, paths)
+    result = scan_dataset(tmp_path, workers=1)
+    assert result.layout == layout
+    frame = result.frame.set_index("path").loc[paths]
+    splits = [None if pd.isna(split) else split for split in frame["source_split"]]
+    assert list(zip(frame["label"], splits, strict=True)) == expected
+    assert (frame["status"] == "ok").all()
+
+
+def test_mura_layout_gives_patient_study_and_region(tmp_path):
+    paths = [
+        "MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png",
+        "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/image1.png",
+        "MURA-v1.1/valid/XR_ELBOW/patient11185/study1_negative/image2.png",
+    ]
+    write_tree(tmp_path, paths)
+    result = scan_dataset(tmp_path, workers=1)
+    assert result.layout == "mura"
+    frame = result.frame.set_index("path").loc[paths]
+    assert frame["label"].tolist() == ["positive", "negative", "negative"]
+    assert frame["source_split"].tolist() == ["train", "train", "val"]
+    assert frame["patient_id"].tolist() == ["patient00001", "patient00001", "patient11185"]
+    assert frame["study_id"].tolist() == [
+        "patient00001/study1",
+        "patient00001/study2",
+        "patient11185/study1",
+    ]
+    assert frame["body_region"].tolist() == ["WRIST", "WRIST", "ELBOW"]
+
+
+def test_labels_csv(tmp_path):
+    write_tree(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text(
+        "path,label,split,patient_id\n"
+        "images/a.png,fractured,train,p1\n"
+        "images/b.png,not fractured,Test,p2\n"
+        "images/missing.png,fractured,train,p3\n"
+    )
+    result = scan_dataset(tmp_path, labels_csv=csv, workers=1)
+    assert result.layout == "csv"
+    frame = result.frame.set_index("path")
+    assert frame.loc["images/a.png", "label"] == "fractured"
+    assert frame.loc["images/b.png", "source_split"] == "test"
+    assert frame.loc["images/b.png", "patient_id"] == "p2"
+    assert pd.isna(frame.loc["images/c.png", "label"])  # found but not in the CSV
+    assert frame.loc["labels.csv", "status"] == "not_image"  # found, so recorded
+    assert result.unmatched_labels == ["images/missing.png"]
+
+
+def test_labels_csv_without_label_column_is_a_clear_error(tmp_path):
+    write_tree(tmp_path, ["a.png"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,diagnosis\na.png,fractured\n")
+    with pytest.raises(LayoutError, match="lacks column"):
+        scan_dataset(tmp_path, labels_csv=csv, workers=1)
+
+
+def test_forced_layout_overrides_detection(tmp_path):
+    write_tree(tmp_path, ["train/fractured/a.png", "train/fractured/b.png"])
+    assert detect_layout(["train/fractured/a.png"]) == "split-class"
+    result = scan_dataset(tmp_path, layout="class", workers=1)
+    assert result.frame["label"].tolist() == ["train", "train"]
+
+
+def bad_files(root):
+    """One file of every bad kind, with the status it must get."""
+    good = io.BytesIO()
+    Image.fromarray(noise_image(7, size=(200, 200))).save(good, format="JPEG", quality=90)
+    png = io.BytesIO()
+    Image.fromarray(noise_image(8, size=(200, 200))).save(png, format="PNG")
+    damaged = bytearray(png.getvalue())
+    damaged[300:400] = bytes(100)
+    files = {
+        "fractured/zero.png": (b"", "empty"),
+        "fractured/truncated.jpg": (good.getvalue()[:2000], "truncated"),
+        "fractured/truncated.png": (png.getvalue()[: len(png.getvalue()) // 2], "truncated"),
+        "fractured/damaged.png": (bytes(damaged), "corrupt"),
+        "fractured/notes.jpg": (b"radiologist notes, not an image\n", "not_image"),
+        "fractured/random.jpeg": (np.random.default_rng(0).bytes(5000), "not_image"),
+        "fractured/bomb.png": (png_header_only(40_000, 40_000), "too_large"),
+    }
+    for relative, (data, _) in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    gif = root / "not fractured/anim.gif"
+    gif.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(noise_image(i)) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    Image.fromarray(noise_image(9)).save(root / "not fractured/photo.webp")
+    files["not fractured/anim.gif"] = (b"", "dropped_format")
+    files["not fractured/photo.webp"] = (b"", "dropped_format")
+    os.symlink(root / "nowhere.png", root / "fractured/broken-link.png")
+    files["fractured/broken-link.png"] = (b"", "unreadable")
+    os.mkfifo(root / "fractured/pipe.png")
+    files["fractured/pipe.png"] = (b"", "unreadable")
+    save_gray(root / "fractured/good.jpg", noise_image(10), quality=90)
+    files["fractured/good.jpg"] = (b"", "ok")
+    return {relative: status for relative, (_, status) in files.items()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_input_never_stops_the_scan(tmp_path, workers):
+    expected = bad_files(tmp_path)
+    result = scan_dataset(tmp_path, workers=workers)
+    frame = result.frame.set_index("path")
+    assert len(frame) == len(expected)  # one row per file found
+    assert frame["status"].to_dict() == expected
+    bad = frame[frame["status"] != "ok"]
+    assert bad["reason"].notna().all() and (bad["reason"].str.len() > 5).all()
+    assert not bad["reason"].str.contains("\n").any()
+    assert frame.loc["not fractured/anim.gif", "format"] == "GIF"
+    assert frame.loc["fractured/zero.png", "bytes"] == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_permissions(tmp_path):
+    write_tree(tmp_path, ["fractured/a.png"])
+    (tmp_path / "fractured/a.png").chmod(0)
+    frame = scan_dataset(tmp_path, workers=1).frame
+    assert frame["status"].tolist() == ["unreadable"]
+    assert frame["reason"].tolist() == ["permission denied"]
+
+
+def test_format_is_read_from_content_not_name(tmp_path):
+    save_gray(tmp_path / "fractured/looks-like.jpg", noise_image(1), format="PNG")
+    frame = scan_dataset(tmp_path, workers=1, formats=["JPEG"]).frame
+    assert frame.loc[0, "format"] == "PNG"
+    assert frame.loc[0, "extension"] == "jpg"
+    assert frame.loc[0, "status"] == "dropped_format"
+
+
+def test_stats_on_real_radiographs(tmp_path, ankle_radiograph, ankle_radiograph_lossy):
+    save_gray(tmp_path / "ankle/lossless.png", ankle_radiograph)
+    save_gray(tmp_path / "ankle/lossy-as-png.png", ankle_radiograph_lossy)
+    save_gray(tmp_path / "ankle/copy.png", ankle_radiograph, compress_level=1)
+    rgb = np.repeat((ankle_radiograph >> 2).astype(np.uint8)[:, :, None], 3, axis=2)
+    Image.fromarray(rgb).save(tmp_path / "ankle/rgb.png")
+    frame = scan_dataset(tmp_path, workers=1).frame.set_index("path")
+    lossless = frame.loc["ankle/lossless.png"]
+    assert (lossless["width"], lossless["height"], lossless["bit_depth"]) == (1760, 1760, 16)
+    assert lossless["is_grayscale"] and lossless["mode"] == "I;16"
+    assert lossless["colour_count"] == len(np.unique(ankle_radiograph))
+    assert lossless["mean_intensity"] == pytest.approx(ankle_radiograph.mean() / 65535)
+    # Different bytes, identical pixels: different image_id, same pixel hash.
+    copy = frame.loc["ankle/copy.png"]
+    assert copy["image_id"] != lossless["image_id"]
+    assert copy["pixel_sha256"] == lossless["pixel_sha256"]
+    assert frame.loc["ankle/lossy-as-png.png", "pixel_sha256"] != lossless["pixel_sha256"]
+    rgb_row = frame.loc["ankle/rgb.png"]
+    assert rgb_row["is_grayscale"] and rgb_row["bit_depth"] == 8 and rgb_row["mode"] == "RGB"
+
+
+def test_cli_writes_a_manifest_with_provenance(tmp_path):
+    data = tmp_path / "data"
+    write_tree(data, ["train/fractured/a.png", "val/not fractured/b.png"])
+    shutil.copy(data / "train/fractured/a.png", data / "train/fractured/a-copy.png")
+    (data / "train/fractured/empty.png").write_bytes(b"")
+    out = tmp_path / "manifests"
+    result = runner.invoke(app, ["scan", str(data), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "split-class" in result.output and "Files by status" in result.output
+    frame = read_manifest(out / "scan.parquet", stage="scan")
+    assert list(frame.columns) == list(SCAN_COLUMNS)
+    assert len(frame) == 4
+    assert str(frame["width"].dtype) == "Int64" and str(frame["is_grayscale"].dtype) == "boolean"
+    assert frame["mean_intensity"].dtype.kind == "f"
+    copies = frame[frame["path"].str.contains("/a")]
+    assert copies["image_id"].nunique() == 1
+    provenance = read_provenance(out / "scan.parquet")
+    assert provenance["stage"] == "scan"
+    assert provenance["params"]["layout"] == "split-class"
+    assert provenance["tool_version"]
+    assert not list(out.glob(".*.tmp"))  # no temp file left behind
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["scan", str(tmp_path), "--layout", "bogus"])
+    assert result.exit_code == 2
+    assert "unknown layout 'bogus'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_output_folder_inside_root_is_not_scanned(tmp_path):
+    write_tree(tmp_path, ["fractured/a.png"])
+    out = tmp_path / "manifests"
+    for _ in range(2):
+        assert runner.invoke(app, ["scan", str(tmp_path), "--out", str(out)]).exit_code == 0
+    assert read_manifest(out / "scan.parquet")["path"].tolist() == ["fractured/a.png"]
