@@ -22,6 +22,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+ManifestDir = Annotated[
+    Path,
+    typer.Option(
+        "--manifests", help="Folder holding the manifests (read and written).", file_okay=False
+    ),
+]
 OutDir = Annotated[
     Path, typer.Option("--out", help="Folder the manifest is written to.", file_okay=False)
 ]
@@ -110,6 +116,88 @@ def scan(
 
 
 @app.command()
+def embed(
+    manifests: ManifestDir = Path("manifests"),
+    layer: Annotated[
+        str,
+        typer.Option(
+            help="'pool' (1280-d global-pooled features) or 'logits' (1000-d ImageNet logits)."
+        ),
+    ] = "pool",
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.", min=32)] = 224,
+    resize: Annotated[
+        str,
+        typer.Option(
+            help="'stretch' resizes the whole image (nothing cut off); 'crop' resizes the short "
+            "side and centre-crops, as ImageNet evaluation does.",
+        ),
+    ] = "stretch",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="'imagenet' (offline: hub cache, then the offline weights package), a state-dict "
+            "PATH, or 'random' (tests only).",
+        ),
+    ] = "imagenet",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu or cuda (bf16 autocast on CUDA).")
+    ] = "auto",
+    batch_size: Annotated[
+        int, typer.Option(help="Images per batch (0: 16 on CPU, 256 on CUDA).", min=0)
+    ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(help="Decoding processes (-1: half the cores on CPU, all on CUDA).", min=-1),
+    ] = -1,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder, when it moved since the scan.", file_okay=False),
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Save finished embeddings every N images (resume point).", min=1)
+    ] = 2048,
+) -> None:
+    """Embed every kept image of MANIFESTS/scan.parquet into MANIFESTS/embeddings.parquet.
+
+    Resumable: embeddings are keyed by the file's SHA-256, so a re-run (or a run after a crash)
+    embeds only what is missing, and identical files are embedded once.
+    """
+    from fracture_curate.embed import EmbedConfig, embed_manifest  # torch loads only when needed
+    from fracture_curate.weights import WeightsError
+
+    with clean_errors(ValueError, ManifestError, WeightsError, OSError):
+        config = EmbedConfig(layer=layer, image_size=image_size, resize=resize, weights=weights)
+        with make_progress("img") as progress:
+            tasks = []
+            result = embed_manifest(
+                manifests,
+                config,
+                root=root,
+                device=device,
+                batch_size=batch_size or None,
+                workers=None if workers < 0 else workers,
+                checkpoint_every=checkpoint_every,
+                on_start=lambda total: tasks.append(progress.add_task("embedding", total=total)),
+                on_batch=lambda n: progress.advance(tasks[0], n),
+            )
+    params = result.params
+    console.print(
+        f"weights: {params['weights']} (sha256 {str(params['weights_sha256'])[:12]}...), "
+        f"layer {layer} ({params['dim']}-d), {image_size}px {resize}"
+    )
+    console.print(
+        f"embedded {result.embedded}, reused {result.reused}, "
+        f"{len(result.frame)} in {manifest_path(manifests, 'embed')}"
+    )
+    if result.failed:
+        image_id, reason = next(iter(result.failed.items()))
+        console.print(
+            f"[yellow]warning:[/] {len(result.failed)} image(s) could not be loaded and have no "
+            f"embedding (a re-run retries them), e.g. {image_id[:12]}: {reason}"
+        )
+
+
+@app.command()
 def synth(
     root: Annotated[Path, typer.Argument(help="Folder to write the generated dataset into.")],
     layout: Annotated[
@@ -145,3 +233,7 @@ def synth(
     counts = record["kind"].value_counts().rename_axis("kind").to_frame("files")
     console.print(frame_table(counts, f"Generated {len(record)} files in {root} ({layout})"))
     console.print(f"record of planted problems: {root / 'planted.csv'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 console = Console()
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, soft_wrap=True)
 
 
 class RateColumn(ProgressColumn):

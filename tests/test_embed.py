@@ -1,0 +1,158 @@
+"""``curate embed``: real ImageNet weights, content-keyed vectors, resume after kill -9."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import noise_image, save_gray
+from PIL import Image
+from typer.testing import CliRunner
+
+from fracture_curate.cli import app
+from fracture_curate.embed import (
+    EmbedConfig,
+    MobileNetV2Embedder,
+    embed_manifest,
+    preprocess,
+    read_embeddings,
+)
+from fracture_curate.manifest import manifest_path, read_provenance, write_manifest
+from fracture_curate.scan import scan_dataset
+from fracture_curate.weights import IMAGENET_SHA256, WeightsError, resolve_weights
+
+runner = CliRunner()
+FAST = EmbedConfig(weights="random", image_size=64)
+
+
+def scan_into(data, manifests):
+    frame = scan_dataset(data, workers=1).frame
+    write_manifest(
+        frame, manifest_path(manifests, "scan"), stage="scan", params={"root": str(data)}
+    )
+    return frame
+
+
+def cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_real_imagenet_weights_recognise_a_coffee_cup():
+    from skimage.data import coffee
+
+    weights = resolve_weights("imagenet", allow_download=False)
+    assert weights.sha256 == IMAGENET_SHA256
+    assert weights.source in ("torch-hub-cache", "offline-package")
+    buffer = io.BytesIO()
+    Image.fromarray(coffee()).save(buffer, format="JPEG", quality=95)
+    pixels = preprocess(buffer.getvalue(), 224, "crop")
+    model = MobileNetV2Embedder(weights.state_dict, layer="logits").eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    # ImageNet classes 504 coffee mug, 967 espresso, 968 cup.
+    assert int(logits.argmax()) in {504, 967, 968}
+
+
+def test_identical_and_reencoded_radiographs_embed_alike(tmp_path, ankle_radiograph):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    ankle = (ankle_radiograph >> 2).astype(np.uint8)
+    save_gray(data / "ankle/original.png", ankle)
+    save_gray(data / "ankle/exact-copy.png", ankle)
+    save_gray(data / "ankle/reencoded.jpg", ankle, quality=75)
+    save_gray(data / "ankle/other.png", np.ascontiguousarray(ankle[::-1, :]))  # a different picture
+    scan = scan_into(data, manifests)
+    result = embed_manifest(manifests, EmbedConfig(), workers=0)
+    assert result.embedded == 3  # identical bytes are embedded once
+    ids, vectors = read_embeddings(manifests)
+    assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
+    by_path = dict(zip(scan["path"], scan["image_id"], strict=True))
+    vector = {path: vectors[ids.index(image_id)] for path, image_id in by_path.items()}
+    assert cosine(vector["ankle/original.png"], vector["ankle/reencoded.jpg"]) > 0.99
+    assert cosine(vector["ankle/original.png"], vector["ankle/other.png"]) < 0.95
+    provenance = read_provenance(manifests / "embeddings.parquet")["params"]
+    assert provenance["weights_sha256"] == IMAGENET_SHA256
+    assert (provenance["layer"], provenance["image_size"], provenance["dim"]) == ("pool", 224, 1280)
+
+
+def test_logits_layer_and_crop_mode(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    save_gray(data / "a/wide.png", noise_image(0, size=(40, 120)))
+    scan_into(data, manifests)
+    embed_manifest(manifests, EmbedConfig(weights="random", layer="logits", resize="crop"))
+    assert read_embeddings(manifests)[1].shape == (1, 1000)
+
+
+def test_rerun_embeds_only_what_is_missing(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(5):
+        save_gray(data / f"a/{index}.png", noise_image(index))
+    scan_into(data, manifests)
+    first = embed_manifest(manifests, FAST, workers=0)
+    save_gray(data / "a/new.png", noise_image(99))
+    scan_into(data, manifests)
+    second = embed_manifest(manifests, FAST, workers=0)
+    assert (first.embedded, second.reused, second.embedded) == (5, 5, 1)
+    changed = embed_manifest(manifests, EmbedConfig(weights="random", image_size=96), workers=0)
+    assert (changed.reused, changed.embedded) == (0, 6)  # other settings: nothing mixed
+
+
+def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(120):
+        save_gray(data / f"a/{index:03d}.png", noise_image(index, size=(96, 96)))
+    scan_into(data, manifests)
+    command = [sys.executable, "-m", "fracture_curate.cli", "embed", "--manifests", str(manifests)]
+    command += ["--weights", "random", "--image-size", "64", "--batch-size", "4", "--workers", "0"]
+    command += ["--checkpoint-every", "8", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = manifests / ".embeddings.parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (manifests / "embeddings.parquet").exists()
+    resumed = embed_manifest(manifests, FAST, workers=0, checkpoint_every=8)
+    assert resumed.reused >= 16 and resumed.reused + resumed.embedded == 120
+    assert not parts.exists()
+    ids, vectors = read_embeddings(manifests)
+    clean = tmp_path / "clean"
+    scan_into(data, clean)
+    embed_manifest(clean, FAST, workers=0)
+    clean_ids, clean_vectors = read_embeddings(clean)
+    assert ids == clean_ids
+    np.testing.assert_allclose(vectors, clean_vectors, rtol=1e-4, atol=1e-4)
+
+
+def test_corrupt_weights_give_a_clear_error(tmp_path, monkeypatch):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(os.urandom(1000))
+    with pytest.raises(WeightsError, match="cannot be loaded"):
+        resolve_weights(bad)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "mobilenet_v2-b0353104.pth").write_bytes(b"half a download")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsError, match="corrupt"):
+        resolve_weights("imagenet")
+
+
+def test_cli_reports_missing_weights_and_missing_scan(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["embed", "--manifests", str(tmp_path)])
+    assert result.exit_code == 2 and "scan.parquet does not exist" in result.output
+    save_gray(tmp_path / "data/a/x.png", noise_image(0))
+    scan_into(tmp_path / "data", tmp_path / "m")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr("fracture_curate.weights.offline_package_path", lambda: None)
+    result = runner.invoke(app, ["embed", "--manifests", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "no MobileNetV2 ImageNet weights found offline" in result.output
+    assert "Traceback" not in result.output
