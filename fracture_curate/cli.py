@@ -9,11 +9,20 @@ from typing import Annotated
 import typer
 
 from fracture_curate import __version__
+from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
 from fracture_curate.display import clean_errors, console, frame_table, make_progress
 from fracture_curate.images import DEFAULT_MAX_PIXELS
 from fracture_curate.layouts import LAYOUTS, LayoutError
 from fracture_curate.manifest import ManifestError, manifest_path, write_manifest
+from fracture_curate.outliers import OutlierConfig, run_outliers
 from fracture_curate.scan import DEFAULT_FORMATS, scan_dataset, summarise_scan
+from fracture_curate.split import (
+    SplitConfig,
+    SplitError,
+    run_split,
+    split_summary,
+    straddling_groups,
+)
 
 app = typer.Typer(
     help="Curate a folder of bone X-rays into an honest, leakage-free training set.",
@@ -195,6 +204,141 @@ def embed(
             f"[yellow]warning:[/] {len(result.failed)} image(s) could not be loaded and have no "
             f"embedding (a re-run retries them), e.g. {image_id[:12]}: {reason}"
         )
+
+
+@app.command()
+def dedupe(
+    manifests: ManifestDir = Path("manifests"),
+    phash_radius: Annotated[
+        int,
+        typer.Option(
+            help="Max differing bits (of 256) between perceptual hashes, in any of the 8 "
+            "flips/rotations, for a match.",
+            min=0,
+            max=256,
+        ),
+    ] = DedupeConfig.phash_radius,
+    cosine_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Min cosine similarity of centred, normalised embeddings for a match "
+            "(catches crops, small rotations, brightness changes).",
+            min=-1.0,
+            max=1.0,
+        ),
+    ] = DedupeConfig.cosine_threshold,
+    embeddings: Annotated[
+        bool, typer.Option(help="Use the embedding layer (needs `curate embed` first).")
+    ] = True,
+) -> None:
+    """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
+
+    Layers, cheap first: identical bytes, identical pixels, perceptual hash invariant to flips and
+    90-degree rotations, embedding cosine. The kept copy is the largest, lossless over lossy.
+    Clusters whose copies carry different labels are flagged as label conflicts.
+    """
+    config = DedupeConfig(
+        phash_radius=phash_radius, cosine_threshold=cosine_threshold, use_embeddings=embeddings
+    )
+    with clean_errors(ManifestError, OSError):
+        frame = run_dedupe(manifests, config)
+    summary = summarise_dedupe(frame)
+    console.print(frame_table(summary["counts"], "Duplicates"))
+    if not summary["copies_by_match"].empty:
+        console.print(frame_table(summary["copies_by_match"], "Copies by match"))
+    leaks = leakage(frame)
+    if frame["source_split"].notna().any():
+        console.print(
+            f"leakage in the source splits: [bold]{len(leaks)}[/] duplicate cluster(s) straddle "
+            "train/val/test"
+        )
+        if not leaks.empty:
+            console.print(frame_table(leaks.head(5).drop(columns="n_splits"), "Examples"))
+    console.print(f"wrote {manifest_path(manifests, 'dedupe')}")
+
+
+@app.command()
+def outliers(
+    manifests: ManifestDir = Path("manifests"),
+    components: Annotated[
+        float,
+        typer.Option(
+            help="PCA: explained variance to keep (below 1) or a number of components (1 or more).",
+            min=0.0,
+        ),
+    ] = OutlierConfig.components,
+    contamination: Annotated[
+        str, typer.Option(help="Isolation Forest: expected outlier fraction, or 'auto'.")
+    ] = "auto",
+    per_class: Annotated[
+        bool,
+        typer.Option(help="Score each class on its own: finds images unlike their own class."),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed of the forest and PCA.")] = 0,
+) -> None:
+    """Score every image for strangeness (PCA + Isolation Forest) into MANIFESTS/outliers.parquet.
+
+    Outliers are flagged only; `curate split --drop-outliers` leaves them out of the split.
+    """
+    with clean_errors(ManifestError, OSError, ValueError):
+        level = contamination if contamination == "auto" else float(contamination)
+        config = OutlierConfig(
+            components=components, contamination=level, per_class=per_class, seed=seed
+        )
+        frame = run_outliers(manifests, config)
+    flagged = frame[frame["is_outlier"].fillna(False).astype(bool)]
+    flagged = flagged.sort_values("outlier_score", ascending=False)
+    console.print(
+        f"{len(flagged)} outlier(s) flagged among {int(frame['is_outlier'].notna().sum())} images"
+    )
+    if not flagged.empty:
+        top = flagged.set_index("path")[["label", "outlier_score"]].head(10)
+        console.print(frame_table(top, "Strangest images"))
+    console.print(f"wrote {manifest_path(manifests, 'outliers')}")
+
+
+@app.command()
+def split(
+    manifests: ManifestDir = Path("manifests"),
+    train: Annotated[float, typer.Option(help="Train fraction.", min=0.0)] = SplitConfig.train,
+    val: Annotated[float, typer.Option(help="Validation fraction.", min=0.0)] = SplitConfig.val,
+    test: Annotated[float, typer.Option(help="Test fraction.", min=0.0)] = SplitConfig.test,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same split.")] = 0,
+    drop_outliers: Annotated[
+        bool, typer.Option(help="Leave flagged outliers out of the split.")
+    ] = False,
+    keep_source_splits: Annotated[
+        bool,
+        typer.Option(help="Keep the source's own split where it had one, and report its leakage."),
+    ] = False,
+) -> None:
+    """Assign train/val/test into MANIFESTS/split.parquet: stratified by label, grouped by
+    duplicate cluster and patient. Excluded rows stay, with split null and an excluded_reason.
+    """
+    with clean_errors(ManifestError, SplitError, OSError):
+        config = SplitConfig(
+            train=train,
+            val=val,
+            test=test,
+            seed=seed,
+            drop_outliers=drop_outliers,
+            keep_source_splits=keep_source_splits,
+        )
+        frame = run_split(manifests, config)
+    console.print(frame_table(split_summary(frame), "Label by split"))
+    excluded = frame["excluded_reason"].dropna().str.split(":| of ", regex=True).str[0]
+    if not excluded.empty:
+        console.print(
+            frame_table(
+                excluded.value_counts().rename_axis("excluded").to_frame("rows"), "Excluded"
+            )
+        )
+    straddling = straddling_groups(frame)
+    if keep_source_splits or not straddling.empty:
+        console.print(
+            f"groups (duplicate cluster or patient) spanning two splits: [bold]{len(straddling)}[/]"
+        )
+    console.print(f"wrote {manifest_path(manifests, 'split')}")
 
 
 @app.command()

@@ -89,6 +89,13 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
     return json.loads(metadata[METADATA_KEY])
 
 
+def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A stage's manifest in ``directory`` and its provenance, checked to be that stage's."""
+    path = manifest_path(directory, stage)
+    frame = read_manifest(path, stage=stage)
+    return frame, read_provenance(path)
+
+
 def read_manifest(
     path: str | Path, *, stage: str | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from fracture_curate.layouts import (
     labels_from_path,
     read_label_csv,
 )
+from fracture_curate.phash import dihedral_phash
 
 DEFAULT_FORMATS = ("JPEG", "PNG")
 
@@ -56,6 +57,7 @@ SCAN_COLUMNS: dict[str, str] = {
     "mean_intensity": "Float64",
     "std_intensity": "Float64",
     "pixel_sha256": "string",
+    "phash": "object",  # bytes: 8 orientations x 256-bit pHash (fracture_curate.phash)
 }
 
 
@@ -152,6 +154,7 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
         "mean_intensity": float(luminance.mean(dtype=np.float64)) / full_scale,
         "std_intensity": float(luminance.std(dtype=np.float64)) / full_scale,
         "pixel_sha256": pixel_hash(pixels),
+        "phash": dihedral_phash(pixels),
     }
 
 

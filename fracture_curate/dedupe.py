@@ -1,0 +1,268 @@
+"""``curate dedupe``: duplicate clusters in layers, cheap first, and which copy to keep.
+
+Layers: identical bytes (``image_id``); identical pixels (``pixel_sha256``); a perceptual hash that
+sees through flips and 90-degree rotations; cosine similarity of centred, L2-normalised MobileNetV2
+embeddings. Clusters are the connected components of all matched pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fracture_curate.graph import chain_pairs, connected_groups
+from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
+
+#: Match kinds from the most to the least certain.
+MATCH_KINDS = ("bytes", "pixels", "phash", "embedding")
+LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF"})
+
+DEDUPE_COLUMNS: dict[str, str] = {
+    "cluster_id": "Int64",
+    "cluster_size": "Int64",
+    "is_kept": "boolean",
+    "duplicate_of": "string",
+    "match_kind": "string",
+    "similarity": "Float64",
+    "label_conflict": "boolean",
+}
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """Thresholds of the matching layers (defaults from benchmarks/curation_quality.py)."""
+
+    phash_radius: int = 24  #: max differing bits of the 256-bit pHash, any orientation
+    cosine_threshold: float = 0.90  #: min cosine of centred, normalised embeddings
+    use_embeddings: bool = True
+    search_dims: int = 256  #: dimensions of the projected candidate search (exact either way)
+    block: int = 512  #: rows per tile of the similarity search
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Matched pairs of row positions, with how and how strongly they matched."""
+
+    left: np.ndarray
+    right: np.ndarray
+    kind: np.ndarray  #: index into MATCH_KINDS
+    similarity: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[Pairs]) -> Pairs:
+        if not parts:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, empty, empty, np.empty(0, dtype=np.float64))
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
+        )
+
+
+def exact_pairs(keys: pd.Series, kind: str) -> Pairs:
+    """Pairs of rows that share a key (bytes or pixel hash): similarity 1."""
+    left, right = chain_pairs(keys)
+    return Pairs(left, right, np.full(len(left), MATCH_KINDS.index(kind)), np.ones(len(left)))
+
+
+def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Subtract the mean and L2-normalise each row (float32, a new array)."""
+    centred = vectors.astype(np.float32) - vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred / np.maximum(norms, 1e-12)
+
+
+def cosine_pairs(
+    unit: np.ndarray, threshold: float, *, search_dims: int = 256, block: int = 512
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """All pairs ``i < j`` of unit rows with cosine >= ``threshold``, never an N x N matrix.
+
+    Candidates come from a tiled product in the top ``search_dims`` principal directions; the
+    Cauchy-Schwarz bound on the residual (x.y <= p(x).p(y) + |r(x)||r(y)|) keeps the search
+    exact, and every candidate is verified on the full vectors.
+    """
+    n, dims = unit.shape
+    if search_dims and search_dims < dims and n > search_dims:
+        sample = unit[np.random.default_rng(0).choice(n, size=min(n, 20_000), replace=False)]
+        _, _, components = np.linalg.svd(sample, full_matrices=False)
+        projected = unit @ components[:search_dims].T
+        residual = np.sqrt(np.clip(1.0 - (projected**2).sum(axis=1), 0.0, None))
+    else:
+        projected, residual = unit, np.zeros(n, dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        bound = projected[start:stop] @ projected[start:].T
+        bound += residual[start:stop, None] * residual[None, start:]
+        i, j = np.nonzero(bound >= threshold - 1e-5)
+        upper = j > i  # both index from ``start``: keep the strict upper triangle
+        i, j = i[upper] + start, j[upper] + start
+        if not len(i):
+            continue
+        exact = np.einsum("ij,ij->i", unit[i], unit[j])
+        match = exact >= threshold
+        yield i[match], j[match], exact[match]
+
+
+def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig) -> Pairs:
+    """Every matched pair among the rows of ``scan`` (positions), layer by layer."""
+    parts = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
+
+    # pHash on one row per distinct picture.
+    unique_pixels = scan.drop_duplicates("pixel_sha256").dropna(subset=["phash"])
+    if len(unique_pixels) > 1:
+        positions = scan.index.get_indexer(unique_pixels.index)
+        hashes = unpack_hashes(unique_pixels["phash"].tolist())
+        for i, j, bits in phash_pairs(hashes, config.phash_radius):
+            parts.append(
+                Pairs(
+                    positions[i],
+                    positions[j],
+                    np.full(len(i), MATCH_KINDS.index("phash")),
+                    1.0 - bits / HASH_BITS,
+                )
+            )
+
+    # Embedding cosine on one row per distinct file.
+    if embeddings is not None and len(embeddings) > 1:
+        unique_files = scan.drop_duplicates("image_id")
+        unique_files = unique_files[unique_files["image_id"].isin(embeddings["image_id"])]
+        positions = scan.index.get_indexer(unique_files.index)
+        vectors = embeddings.set_index("image_id").loc[unique_files["image_id"], "embedding"]
+        unit = centred_unit_rows(np.stack(vectors.to_list()))
+        for i, j, similarity in cosine_pairs(
+            unit, config.cosine_threshold, search_dims=config.search_dims, block=config.block
+        ):
+            parts.append(
+                Pairs(
+                    positions[i],
+                    positions[j],
+                    np.full(len(i), MATCH_KINDS.index("embedding")),
+                    similarity.astype(np.float64),
+                )
+            )
+    return Pairs.concat(parts)
+
+
+def kept_rows(components: np.ndarray, rank: np.ndarray, n_clusters: int) -> np.ndarray:
+    """For each row, the row kept for its cluster: the one with the lowest rank."""
+    order = np.lexsort((rank, components))
+    starts = np.r_[0, np.flatnonzero(np.diff(components[order])) + 1]
+    kept = np.empty(n_clusters, dtype=np.int64)
+    kept[components[order[starts]]] = order[starts]
+    return kept[components]
+
+
+def keep_order(frame: pd.DataFrame) -> pd.Series:
+    """Rank for choosing the kept copy: largest resolution, lossless over lossy, then path."""
+    ranked = pd.DataFrame(
+        {
+            "pixels": -(frame["width"].astype("float64") * frame["height"].astype("float64")),
+            "lossy": ~frame["format"].isin(LOSSLESS_FORMATS),
+            "path": frame["path"],
+        },
+        index=frame.index,
+    )
+    order = ranked.sort_values(["pixels", "lossy", "path"], kind="stable").index
+    return pd.Series(np.arange(len(order)), index=order).reindex(frame.index)
+
+
+def deduplicate(
+    scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig = DedupeConfig()
+) -> pd.DataFrame:
+    """The scan table plus the dedupe columns (see ``manifests/README.md``)."""
+    result = scan.copy()
+    for column, dtype in DEDUPE_COLUMNS.items():
+        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    ok = scan[scan["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        return result
+    pairs = find_pairs(ok, embeddings, config)
+
+    n = len(ok)
+    n_clusters, components = connected_groups(n, pairs.left, pairs.right)
+    sizes = np.bincount(components)
+    kept_row = kept_rows(components, keep_order(ok).to_numpy(), n_clusters)
+    is_kept = kept_row == np.arange(n)
+
+    # Each row's strongest match: the most certain kind, then the highest similarity.
+    edges = pd.DataFrame(
+        {
+            "row": np.concatenate([pairs.left, pairs.right]),
+            "kind": np.tile(pairs.kind, 2),
+            "similarity": np.tile(pairs.similarity, 2),
+        }
+    ).sort_values(["row", "kind", "similarity"], ascending=[True, True, False])
+    best = edges.drop_duplicates("row").set_index("row")
+
+    labels = ok["label"].astype("object")
+    conflict = labels.groupby(components).transform(lambda values: values.dropna().nunique() > 1)
+
+    columns = pd.DataFrame(
+        {
+            "cluster_id": components,
+            "cluster_size": sizes[components],
+            "is_kept": is_kept,
+            "duplicate_of": np.where(is_kept, None, ok["image_id"].to_numpy()[kept_row]),
+            "match_kind": [MATCH_KINDS[k] for k in best["kind"].reindex(range(n), fill_value=0)],
+            "similarity": best["similarity"].reindex(range(n)).to_numpy(),
+            "label_conflict": conflict.to_numpy(dtype=bool),
+        }
+    )
+    singleton = sizes[components] == 1
+    columns.loc[singleton, ["match_kind", "similarity"]] = None
+    positions = scan.index[scan["status"] == "ok"]
+    for column, dtype in DEDUPE_COLUMNS.items():
+        result.loc[positions, column] = columns[column].astype(dtype).to_numpy()
+    return result
+
+
+def leakage(frame: pd.DataFrame) -> pd.DataFrame:
+    """Duplicate clusters whose members sit in more than one source split, largest first."""
+    members = frame[frame["cluster_size"].fillna(1) > 1].dropna(subset=["source_split"])
+    groups = members.groupby("cluster_id")
+    report = pd.DataFrame(
+        {
+            "splits": groups["source_split"].agg(lambda s: ", ".join(sorted(s.unique()))),
+            "n_splits": groups["source_split"].nunique(),
+            "size": groups.size(),
+            "example": groups["path"].agg(lambda p: " | ".join(p.iloc[:3])),
+        }
+    )
+    return report[report["n_splits"] > 1].sort_values("size", ascending=False)
+
+
+def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Counts for the end-of-stage summary, and copies not kept by the layer that matched them."""
+    clustered = frame[frame["cluster_size"] > 1]
+    copies = clustered[~clustered["is_kept"].astype(bool)]
+    conflicts = frame[frame["label_conflict"].fillna(False).astype(bool)]
+    counts = pd.Series(
+        {
+            "images": int((frame["status"] == "ok").sum()),
+            "duplicate clusters": clustered["cluster_id"].nunique(),
+            "copies not kept": len(copies),
+            "label-conflict clusters": conflicts["cluster_id"].nunique(),
+            "kept": int(frame["is_kept"].fillna(False).astype(bool).sum()),
+        }
+    )
+    by_match = copies["match_kind"].value_counts().reindex(MATCH_KINDS, fill_value=0)
+    return {
+        "counts": counts.rename_axis("dedupe").to_frame("value"),
+        "copies_by_match": by_match[by_match > 0].rename_axis("matched by").to_frame("copies"),
+    }
+
+
+def run_dedupe(directory: str | Path, config: DedupeConfig = DedupeConfig()) -> pd.DataFrame:
+    """Read ``scan`` (and ``embeddings``), deduplicate, write ``dedupe.parquet``."""
+    scan, provenance = read_stage(directory, "scan")
+    embeddings = None
+    if config.use_embeddings:
+        embeddings, _ = read_stage(directory, "embed")
+    frame = deduplicate(scan, embeddings, config)
+    params = asdict(config) | {"root": provenance["params"].get("root")}
+    write_manifest(frame, manifest_path(directory, "dedupe"), stage="dedupe", params=params)
+    return frame

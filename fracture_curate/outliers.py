@@ -1,0 +1,89 @@
+"""``curate outliers``: PCA then Isolation Forest over the embeddings, globally or per class.
+
+Outliers are flagged, not dropped: ``curate split --drop-outliers`` excludes them. Per-class
+scoring finds images that do not look like their own class, which is often a label error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+
+from fracture_curate.dedupe import centred_unit_rows
+from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+
+OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
+MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
+
+
+@dataclass(frozen=True)
+class OutlierConfig:
+    """PCA and Isolation Forest settings."""
+
+    components: float = 0.95  #: explained variance to keep (< 1) or a number of components (>= 1)
+    contamination: float | str = "auto"  #: expected outlier fraction, or "auto"
+    per_class: bool = False
+    n_estimators: int = 300
+    seed: int = 0
+
+
+def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier scores (higher is stranger) and flags for rows of ``vectors``.
+
+    Vectors are centred and L2-normalised, reduced by PCA, then scored by an Isolation Forest.
+    """
+    unit = centred_unit_rows(vectors)
+    components = config.components if config.components < 1 else int(config.components)
+    if isinstance(components, int):
+        components = min(components, *unit.shape)
+    reduced = PCA(n_components=components, random_state=config.seed).fit_transform(unit)
+    forest = IsolationForest(
+        n_estimators=config.n_estimators,
+        contamination=config.contamination,
+        random_state=config.seed,
+    ).fit(reduced)
+    return -forest.score_samples(reduced), forest.predict(reduced) == -1
+
+
+def score_outliers(
+    frame: pd.DataFrame, embeddings: pd.DataFrame, config: OutlierConfig = OutlierConfig()
+) -> pd.DataFrame:
+    """The dedupe table plus ``outlier_score`` and ``is_outlier`` for every kept-status row.
+
+    Each distinct file is scored once; duplicate rows share their file's score.
+    """
+    result = frame.copy()
+    for column, dtype in OUTLIER_COLUMNS.items():
+        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    usable = frame[(frame["status"] == "ok") & frame["image_id"].isin(embeddings["image_id"])]
+    files = usable.drop_duplicates("image_id")
+    if len(files) < 3:
+        return result
+    vectors = embeddings.set_index("image_id").loc[files["image_id"], "embedding"]
+    matrix = np.stack(vectors.to_list())
+    scores, flags = isolation_scores(matrix, config)
+    if config.per_class:
+        labels = files["label"].fillna("(none)").to_numpy()
+        sizes = pd.Series(labels).value_counts()
+        for label in sizes[sizes >= MIN_CLASS_SIZE].index:
+            rows = np.flatnonzero(labels == label)
+            scores[rows], flags[rows] = isolation_scores(matrix[rows], config)
+    by_file = pd.DataFrame({"score": scores, "flag": flags}, index=files["image_id"].to_numpy())
+    result.loc[usable.index, "outlier_score"] = by_file["score"].loc[usable["image_id"]].to_numpy()
+    result.loc[usable.index, "is_outlier"] = by_file["flag"].loc[usable["image_id"]].to_numpy()
+    return result
+
+
+def run_outliers(directory: str | Path, config: OutlierConfig = OutlierConfig()) -> pd.DataFrame:
+    """Read ``dedupe`` and ``embeddings``, score, write ``outliers.parquet``."""
+    frame, provenance = read_stage(directory, "dedupe")
+    embeddings, _ = read_stage(directory, "embed")
+    scored = score_outliers(frame, embeddings, config)
+    params = asdict(config) | {"root": provenance["params"].get("root")}
+    write_manifest(scored, manifest_path(directory, "outliers"), stage="outliers", params=params)
+    return scored

@@ -1,0 +1,144 @@
+"""``curate split``: stratified, group-aware train/val/test; no duplicate or patient straddles."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from fracture_curate.graph import chain_pairs, connected_groups
+from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS: dict[str, str] = {
+    "group_id": "Int64",
+    "split": "string",
+    "excluded_reason": "string",
+}
+
+
+class SplitError(Exception):
+    """Fractions or data that cannot give the requested split."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions (normalised to sum to 1), seed and what to exclude."""
+
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    drop_outliers: bool = False
+    keep_source_splits: bool = False
+
+    def __post_init__(self) -> None:
+        fractions = (self.train, self.val, self.test)
+        if min(fractions) < 0 or self.train <= 0 or sum(fractions) <= 0:
+            raise SplitError(f"split fractions must be >= 0 with train > 0, got {fractions}")
+
+
+def exclusion_reasons(frame: pd.DataFrame, drop_outliers: bool) -> pd.Series:
+    """Why each row is left out of the split (null for rows that take part), first reason wins."""
+    reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+
+    def mark(mask: pd.Series, reason: pd.Series | str) -> None:
+        mask = mask.fillna(False).astype(bool) & reasons.isna()
+        reasons[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+
+    mark(frame["status"] != "ok", frame["status"] + ": " + frame["reason"].fillna(""))
+    mark(frame["label"].isna(), "no label")
+    mark(frame["label_conflict"], "label conflict in duplicate cluster")
+    mark(~frame["is_kept"], "duplicate of " + frame["duplicate_of"].fillna("").str.slice(0, 12))
+    if drop_outliers:
+        mark(frame["is_outlier"], "outlier")
+    return reasons
+
+
+def leakage_groups(frame: pd.DataFrame) -> np.ndarray:
+    """Group ids joining rows that share a duplicate cluster or a patient (transitively)."""
+    by_cluster, by_patient = chain_pairs(frame["cluster_id"]), chain_pairs(frame["patient_id"])
+    left = np.concatenate([by_cluster[0], by_patient[0]])
+    right = np.concatenate([by_cluster[1], by_patient[1]])
+    return connected_groups(len(frame), left, right)[1]
+
+
+def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -> np.ndarray:
+    """Stratified by label, grouped by ``groups``: 'train', 'val' or 'test' for each row.
+
+    The test fold is one of ``round(1 / test)`` StratifiedGroupKFold folds, then val one of
+    ``round((train + val) / val)`` folds of the rest, so fractions are close to, not exactly,
+    the ones asked for.
+    """
+    total = config.train + config.val + config.test
+    assigned = np.full(len(labels), "train", dtype=object)
+    remaining = np.arange(len(labels))
+    for name, share in (("test", config.test / total), ("val", config.val / (total - config.test))):
+        if share <= 0 or len(remaining) == 0:
+            continue
+        n_splits = max(2, round(1 / share))
+        n_groups = len(np.unique(groups[remaining]))
+        if n_groups < n_splits:
+            raise SplitError(
+                f"only {n_groups} independent groups (patients or duplicate clusters) to split; "
+                f"a {share:.0%} {name} share needs at least {n_splits}"
+            )
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
+        with warnings.catch_warnings():  # classes smaller than n_splits are expected in small sets
+            warnings.simplefilter("ignore", UserWarning)
+            _, held_out = next(folds.split(remaining, labels[remaining], groups[remaining]))
+        assigned[remaining[held_out]] = name
+        remaining = np.delete(remaining, held_out)
+    return assigned
+
+
+def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
+    """The outliers table plus ``group_id``, ``split`` and ``excluded_reason``."""
+    result = frame.copy()
+    for column, dtype in SPLIT_COLUMNS.items():
+        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    result["excluded_reason"] = exclusion_reasons(frame, config.drop_outliers)
+    eligible = result[result["excluded_reason"].isna()]
+    if eligible.empty:
+        raise SplitError("no row is eligible for the split (see excluded_reason)")
+    groups = leakage_groups(eligible.reset_index(drop=True))
+    labels = eligible["label"].to_numpy(dtype=object)
+    splits = np.full(len(eligible), None, dtype=object)
+    todo = np.ones(len(eligible), dtype=bool)
+    if config.keep_source_splits:
+        source = eligible["source_split"].to_numpy(dtype=object)
+        known = np.isin(source, SPLITS)
+        splits[known], todo = source[known], ~known
+    if todo.any():
+        splits[todo] = assign_splits(labels[todo], groups[todo], config)
+    result.loc[eligible.index, "group_id"] = groups
+    result.loc[eligible.index, "split"] = splits
+    return result
+
+
+def split_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Label by split counts of the rows that take part, with totals."""
+    used = frame[frame["split"].notna()]
+    table = pd.crosstab(used["label"], used["split"], margins=True, margins_name="total")
+    return table.reindex(columns=[*[s for s in SPLITS if s in table.columns], "total"])
+
+
+def straddling_groups(frame: pd.DataFrame) -> pd.DataFrame:
+    """Groups (shared duplicate cluster or patient) whose rows sit in more than one split."""
+    used = frame[frame["split"].notna()]
+    spread = used.groupby("group_id")["split"].agg(["nunique", lambda s: ", ".join(sorted(set(s)))])
+    spread.columns = ["n_splits", "splits"]
+    return spread[spread["n_splits"] > 1]
+
+
+def run_split(directory: str | Path, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
+    """Read ``outliers``, split, write ``split.parquet``."""
+    frame, provenance = read_stage(directory, "outliers")
+    result = make_split(frame, config)
+    params = asdict(config) | {"root": provenance["params"].get("root")}
+    write_manifest(result, manifest_path(directory, "split"), stage="split", params=params)
+    return result
