@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/curate synth $(DEMO_DIR)
 	$(BIN)/curate scan $(DEMO_DIR) --out $(MANIFESTS)
+	$(BIN)/curate embed --manifests $(MANIFESTS)
+	$(BIN)/curate dedupe --manifests $(MANIFESTS)
+	$(BIN)/curate outliers --manifests $(MANIFESTS)
+	$(BIN)/curate split --manifests $(MANIFESTS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -32,3 +36,6 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scan_bench.py
+	$(BIN)/python benchmarks/embed_bench.py
+	$(BIN)/python benchmarks/curation_quality.py
+	$(BIN)/python benchmarks/dedupe_scale.py

@@ -13,9 +13,9 @@ from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_
 from fracture_curate.display import clean_errors, console, frame_table, make_progress
 from fracture_curate.images import DEFAULT_MAX_PIXELS
 from fracture_curate.layouts import LAYOUTS, LayoutError
-from fracture_curate.manifest import ManifestError, manifest_path, write_manifest
+from fracture_curate.manifest import ManifestError, manifest_path
 from fracture_curate.outliers import OutlierConfig, run_outliers
-from fracture_curate.scan import DEFAULT_FORMATS, scan_dataset, summarise_scan
+from fracture_curate.scan import DEFAULT_FORMATS, run_scan, summarise_scan
 from fracture_curate.split import (
     SplitConfig,
     SplitError,
@@ -93,24 +93,17 @@ def scan(
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
     with clean_errors(LayoutError, NotADirectoryError, ManifestError, OSError):
         with make_progress("files") as progress:
-            result = scan_dataset(
+            result = run_scan(
                 root,
+                out,
                 layout=layout,
                 labels_csv=labels,
                 formats=[f.strip().upper() for f in formats.split(",") if f.strip()],
                 workers=workers,
                 max_pixels=max_pixels,
-                exclude=[out],
                 progress=progress,
             )
-        params = {
-            "root": str(root.resolve()),
-            "layout": result.layout,
-            "labels_csv": str(labels) if labels else None,
-            "formats": formats,
-            "max_pixels": max_pixels,
-        }
-        path = write_manifest(result.frame, manifest_path(out, "scan"), stage="scan", params=params)
+        path = manifest_path(out, "scan")
     console.print(f"layout: [bold]{result.layout}[/]")
     summary = summarise_scan(result.frame)
     console.print(frame_table(summary["status"], "Files by status"))

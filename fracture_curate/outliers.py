@@ -14,7 +14,6 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
-from fracture_curate.dedupe import centred_unit_rows
 from fracture_curate.manifest import manifest_path, read_stage, write_manifest
 
 OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
@@ -35,9 +34,11 @@ class OutlierConfig:
 def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.ndarray, np.ndarray]:
     """Outlier scores (higher is stranger) and flags for rows of ``vectors``.
 
-    Vectors are centred and L2-normalised, reduced by PCA, then scored by an Isolation Forest.
+    Vectors are L2-normalised, reduced by PCA (which centres them), then scored by an Isolation
+    Forest. They are not normalised after centring, as dedupe does: that would erase the distance
+    from the crowd that makes an outlier.
     """
-    unit = centred_unit_rows(vectors)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     components = config.components if config.components < 1 else int(config.components)
     if isinstance(components, int):
         components = min(components, *unit.shape)

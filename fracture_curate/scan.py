@@ -29,6 +29,7 @@ from fracture_curate.layouts import (
     labels_from_path,
     read_label_csv,
 )
+from fracture_curate.manifest import manifest_path, write_manifest
 from fracture_curate.phash import dihedral_phash
 
 DEFAULT_FORMATS = ("JPEG", "PNG")
@@ -211,6 +212,39 @@ def scan_dataset(
     frame = pd.DataFrame(rows, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
     unmatched = sorted(set(csv_labels) - set(paths))
     return ScanResult(frame=frame, layout=layout, unmatched_labels=unmatched)
+
+
+def run_scan(
+    root: str | Path,
+    directory: str | Path,
+    *,
+    layout: str = "auto",
+    labels_csv: str | Path | None = None,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Any = None,
+) -> ScanResult:
+    """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned)."""
+    result = scan_dataset(
+        root,
+        layout=layout,
+        labels_csv=labels_csv,
+        formats=formats,
+        workers=workers,
+        max_pixels=max_pixels,
+        exclude=[Path(directory)],
+        progress=progress,
+    )
+    params = {
+        "root": str(Path(root).resolve()),
+        "layout": result.layout,
+        "labels_csv": str(labels_csv) if labels_csv else None,
+        "formats": list(formats),
+        "max_pixels": max_pixels,
+    }
+    write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)
+    return result
 
 
 def summarise_scan(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -24,8 +24,8 @@ from fracture_curate.embed import (
     preprocess,
     read_embeddings,
 )
-from fracture_curate.manifest import manifest_path, read_provenance, write_manifest
-from fracture_curate.scan import scan_dataset
+from fracture_curate.manifest import read_provenance
+from fracture_curate.scan import run_scan
 from fracture_curate.weights import IMAGENET_SHA256, WeightsError, resolve_weights
 
 runner = CliRunner()
@@ -33,11 +33,7 @@ FAST = EmbedConfig(weights="random", image_size=64)
 
 
 def scan_into(data, manifests):
-    frame = scan_dataset(data, workers=1).frame
-    write_manifest(
-        frame, manifest_path(manifests, "scan"), stage="scan", params={"root": str(data)}
-    )
-    return frame
+    return run_scan(data, manifests, workers=1).frame
 
 
 def cosine(a, b):
