@@ -14,29 +14,9 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
+from phantoms import make_images
 
 from fracture_curate.scan import scan_dataset
-from fracture_curate.synthetic import draw_phantom
-
-OUT = Path(__file__).parent / "out"
-
-
-def make_images(folder: Path, count: int, size: int, png_fraction: float) -> None:
-    """Write ``count`` phantoms into ``folder/<class>/`` unless they are already there."""
-    marker = folder / f".complete-{count}-{size}-{png_fraction}"
-    if marker.exists():
-        return
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        fractured = bool(index % 2)
-        label = "fractured" if fractured else "not fractured"
-        image = draw_phantom(rng, size, fractured)
-        is_png = rng.random() < png_fraction
-        path = folder / label / f"img{index:05d}.{'png' if is_png else 'jpg'}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, **({} if is_png else {"quality": 92}))
-    marker.touch()
 
 
 def time_scan(folder: Path, workers: int) -> tuple[float, int]:
@@ -52,8 +32,7 @@ def main() -> None:
     parser.add_argument("--png-fraction", type=float, default=0.2)
     args = parser.parse_args()
 
-    folder = OUT / "scan_images"
-    make_images(folder, args.images, args.size, args.png_fraction)
+    folder = make_images("scan_images", args.images, args.size, args.png_fraction)
     cores = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores")
     print(f"{args.images} images, {args.size}x{args.size}, {args.png_fraction:.0%} PNG")

@@ -40,8 +40,7 @@ class DedupeConfig:
     phash_radius: int = 24  #: max differing bits of the 256-bit pHash, any orientation
     cosine_threshold: float = 0.90  #: min cosine of centred, normalised embeddings
     use_embeddings: bool = True
-    search_dims: int = 256  #: dimensions of the projected candidate search (exact either way)
-    block: int = 512  #: rows per tile of the similarity search
+    block: int = 1024  #: rows per tile of the similarity search (memory: block x N floats)
 
 
 @dataclass(frozen=True)
@@ -77,34 +76,21 @@ def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def cosine_pairs(
-    unit: np.ndarray, threshold: float, *, search_dims: int = 256, block: int = 512
+    unit: np.ndarray, threshold: float, *, block: int = 1024
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """All pairs ``i < j`` of unit rows with cosine >= ``threshold``, never an N x N matrix.
 
-    Candidates come from a tiled product in the top ``search_dims`` principal directions; the
-    Cauchy-Schwarz bound on the residual (x.y <= p(x).p(y) + |r(x)||r(y)|) keeps the search
-    exact, and every candidate is verified on the full vectors.
+    The product is computed in tiles of ``block`` rows against the rows after them (the upper
+    triangle only), keeping just the pairs above the threshold: exact, with memory
+    ``block x N`` floats.
     """
-    n, dims = unit.shape
-    if search_dims and search_dims < dims and n > search_dims:
-        sample = unit[np.random.default_rng(0).choice(n, size=min(n, 20_000), replace=False)]
-        _, _, components = np.linalg.svd(sample, full_matrices=False)
-        projected = unit @ components[:search_dims].T
-        residual = np.sqrt(np.clip(1.0 - (projected**2).sum(axis=1), 0.0, None))
-    else:
-        projected, residual = unit, np.zeros(n, dtype=np.float32)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        bound = projected[start:stop] @ projected[start:].T
-        bound += residual[start:stop, None] * residual[None, start:]
-        i, j = np.nonzero(bound >= threshold - 1e-5)
+    for start in range(0, len(unit), block):
+        stop = min(start + block, len(unit))
+        similarity = unit[start:stop] @ unit[start:].T
+        i, j = np.nonzero(similarity >= threshold)
         upper = j > i  # both index from ``start``: keep the strict upper triangle
-        i, j = i[upper] + start, j[upper] + start
-        if not len(i):
-            continue
-        exact = np.einsum("ij,ij->i", unit[i], unit[j])
-        match = exact >= threshold
-        yield i[match], j[match], exact[match]
+        i, j = i[upper], j[upper]
+        yield i + start, j + start, similarity[i, j]
 
 
 def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig) -> Pairs:
@@ -133,9 +119,7 @@ def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: Dedu
         positions = scan.index.get_indexer(unique_files.index)
         vectors = embeddings.set_index("image_id").loc[unique_files["image_id"], "embedding"]
         unit = centred_unit_rows(np.stack(vectors.to_list()))
-        for i, j, similarity in cosine_pairs(
-            unit, config.cosine_threshold, search_dims=config.search_dims, block=config.block
-        ):
+        for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
             parts.append(
                 Pairs(
                     positions[i],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from fracture_curate.manifest import (
     read_provenance,
     write_manifest,
 )
-from fracture_curate.weights import IMAGENET, RANDOM, resolve_weights
+from fracture_curate.weights import IMAGENET, resolve_weights
 
 LAYERS = {"pool": 1280, "logits": 1000}
 RESIZE_MODES = ("stretch", "crop")
@@ -205,37 +206,21 @@ def embed_manifest(
         on_start(len(todo))
     failed: dict[str, str] = {}
     if len(todo):
-        if config.weights == RANDOM:
-            torch.manual_seed(0)
-        model = MobileNetV2Embedder(weights.state_dict, config.layer).eval()
-        model = model.to(torch_device, memory_format=torch.channels_last)
-        on_cuda = torch_device.type == "cuda"
-        batch_size = batch_size or (256 if on_cuda else 16)
-        workers = default_workers(on_cuda) if workers is None else workers
-        loader = DataLoader(
-            ImageFiles([root / p for p in todo["path"]], config.image_size, config.resize),
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # random weights (tests) are the same in every run
+            model = MobileNetV2Embedder(weights.state_dict, config.layer).eval()
+        files = ImageFiles([root / p for p in todo["path"]], config.image_size, config.resize)
+        failed = _embed_into_parts(
+            model,
+            files,
+            todo["image_id"].to_numpy(),
+            parts,
+            device=torch_device,
             batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=on_cuda,
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
+            workers=workers,
+            checkpoint_every=checkpoint_every,
+            on_batch=on_batch,
         )
-        ids = todo["image_id"].to_numpy()
-        pending_ids: list[str] = []
-        pending_vectors: list[np.ndarray] = []
-        for indices, vectors, failures in embed_batches(model, loader, torch_device):
-            failed.update({ids[index]: reason for index, reason in failures.items()})
-            if indices:
-                pending_ids.extend(ids[indices])
-                pending_vectors.append(vectors)
-            if len(pending_ids) >= checkpoint_every:
-                parts.write(pending_ids, np.concatenate(pending_vectors))
-                pending_ids, pending_vectors = [], []
-            if on_batch is not None:
-                on_batch(len(indices) + len(failures))
-        if pending_ids:
-            parts.write(pending_ids, np.concatenate(pending_vectors))
 
     frame = pd.concat([done, parts.read()], ignore_index=True).drop_duplicates("image_id")
     frame = kept[["image_id"]].merge(frame, on="image_id")  # scan order, current images only
@@ -248,6 +233,64 @@ def embed_manifest(
         failed=failed,
         params=params,
     )
+
+
+def _embed_into_parts(
+    model: nn.Module,
+    files: ImageFiles,
+    ids: np.ndarray,
+    parts: PartStore,
+    *,
+    device: torch.device,
+    batch_size: int | None,
+    workers: int | None,
+    checkpoint_every: int,
+    on_batch: Callable[[int], None] | None,
+) -> dict[str, str]:
+    """Embed ``files`` into part files every ``checkpoint_every`` images; returns the failures."""
+    on_cuda = device.type == "cuda"
+    batch_size = batch_size or (256 if on_cuda else 16)
+    workers = default_workers(on_cuda) if workers is None else workers
+    model = model.to(device, memory_format=torch.channels_last)
+    loader = DataLoader(
+        files,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+    )
+    failed: dict[str, str] = {}
+    pending_ids: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+    # On the CPU, decoding workers and the model share the cores: oversubscribing them makes
+    # PyTorch's thread pool spin and slows everything down many times.
+    threads = torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
+    with torch_threads(threads):
+        for indices, vectors, failures in embed_batches(model, loader, device):
+            failed.update({ids[index]: reason for index, reason in failures.items()})
+            if indices:
+                pending_ids.extend(ids[indices])
+                pending_vectors.append(vectors)
+            if len(pending_ids) >= checkpoint_every:
+                parts.write(pending_ids, np.concatenate(pending_vectors))
+                pending_ids, pending_vectors = [], []
+            if on_batch is not None:
+                on_batch(len(indices) + len(failures))
+    if pending_ids:
+        parts.write(pending_ids, np.concatenate(pending_vectors))
+    return failed
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` intra-op threads, restoring the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def default_workers(on_cuda: bool) -> int:

@@ -118,7 +118,7 @@ def test_cosine_search_is_exact_against_brute_force():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors.astype(np.float32)
     found = set()
-    for i, j, _ in cosine_pairs(vectors, 0.8, search_dims=16, block=256):
+    for i, j, _ in cosine_pairs(vectors, 0.8, block=256):
         found.update(zip(i.tolist(), j.tolist(), strict=True))
     similarity = vectors @ vectors.T
     expected = {(i, j) for i, j in zip(*np.nonzero(similarity >= 0.8), strict=True) if i < j}

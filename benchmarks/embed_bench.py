@@ -1,0 +1,124 @@
+"""Embedding throughput, in one run: (a) the model alone on ready tensors, (b) ``curate embed``
+end to end, (c) a naive one-image-at-a-time loop as in the reference notebook.
+
+    .venv/bin/python benchmarks/embed_bench.py [--images 500] [--png 200] [--device auto]
+
+Inputs are ~1 MP radiograph-like phantoms, JPEG (and a separate PNG set), cached under
+benchmarks/out/. Figures are images per second and ratios against (a) and (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from phantoms import OUT, make_images
+from PIL import Image
+from torchvision import transforms
+
+from fracture_curate.embed import (
+    EmbedConfig,
+    MobileNetV2Embedder,
+    default_workers,
+    embed_manifest,
+    resolve_device,
+)
+from fracture_curate.scan import run_scan
+from fracture_curate.weights import resolve_weights
+
+
+def model_alone(device: torch.device, batch_size: int, seconds: float = 15.0) -> float:
+    """(a): images/s of the embedder on uint8 batches already in memory (on the device)."""
+    model = MobileNetV2Embedder(resolve_weights().state_dict).eval()
+    model = model.to(device, memory_format=torch.channels_last)
+    batch = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for _ in range(3):
+            model(batch)
+        _sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(batch)
+            count += batch_size
+        _sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def end_to_end(folder: Path, name: str, device: str, batch_size: int | None) -> float:
+    """(b): images/s of ``embed_manifest`` from files to embeddings.parquet (scan not timed)."""
+    manifests = OUT / f"{name}_manifests"
+    shutil.rmtree(manifests, ignore_errors=True)
+    count = int((run_scan(folder, manifests).frame["status"] == "ok").sum())
+    start = time.perf_counter()
+    embed_manifest(manifests, EmbedConfig(), device=device, batch_size=batch_size)
+    return count / (time.perf_counter() - start)
+
+
+def naive_loop(folder: Path, device: torch.device, limit: int) -> float:
+    """(c): open, transform and forward one image at a time, default memory format."""
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(resolve_weights().state_dict)
+    model.classifier = torch.nn.Identity()
+    model = model.eval().to(device)
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    paths = sorted(folder.rglob("*.jpg"))[:limit]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            image = preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
+            model(image).cpu()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500, help="JPEG phantoms")
+    parser.add_argument("--png", type=int, default=200, help="PNG phantoms, reported apart")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the embed default")
+    parser.add_argument("--naive-images", type=int, default=100)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    on_cuda = device.type == "cuda"
+    batch_size = args.batch_size or (256 if on_cuda else 16)
+    jpeg = make_images("embed_jpeg", args.images, args.size)
+    png = make_images("embed_png", args.png, args.size, png_fraction=1.0)
+    name = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()
+    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print(f"batch {batch_size}, decode workers {default_workers(on_cuda)}, {args.size}px inputs")
+
+    a = model_alone(device, batch_size)
+    b_jpeg = end_to_end(jpeg, "embed_jpeg", args.device, args.batch_size or None)
+    b_png = end_to_end(png, "embed_png", args.device, args.batch_size or None)
+    c = naive_loop(jpeg, device, args.naive_images)
+    print(f"{'measure':<38} {'img/s':>8} {'x (a)':>7} {'x (c)':>7}")
+    for label, value in (
+        ("(a) model alone, ready uint8 tensors", a),
+        (f"(b) curate embed, {args.images} JPEG", b_jpeg),
+        (f"(b) curate embed, {args.png} PNG", b_png),
+        ("(c) naive loop, JPEG", c),
+    ):
+        print(f"{label:<38} {value:>8.1f} {value / a:>7.2f} {value / c:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
