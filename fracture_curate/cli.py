@@ -305,8 +305,10 @@ def split(
         typer.Option(help="Keep the source's own split where it had one, and report its leakage."),
     ] = False,
 ) -> None:
-    """Assign train/val/test into MANIFESTS/split.parquet: stratified by label, grouped by
-    duplicate cluster and patient. Excluded rows stay, with split null and an excluded_reason.
+    """Assign train/val/test into MANIFESTS/split.parquet, stratified and leakage-free.
+
+    Stratified by label and grouped so that no duplicate cluster and no patient spans two
+    splits. Excluded rows stay in the table, with split null and an excluded_reason.
     """
     with clean_errors(ManifestError, SplitError, OSError):
         config = SplitConfig(

@@ -40,7 +40,7 @@ class DedupeConfig:
     phash_radius: int = 24  #: max differing bits of the 256-bit pHash, any orientation
     cosine_threshold: float = 0.90  #: min cosine of centred, normalised embeddings
     use_embeddings: bool = True
-    block: int = 1024  #: rows per tile of the similarity search (memory: block x N floats)
+    block: int = 2048  #: side of the similarity search's square tiles
 
 
 @dataclass(frozen=True)
@@ -76,21 +76,24 @@ def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def cosine_pairs(
-    unit: np.ndarray, threshold: float, *, block: int = 1024
+    unit: np.ndarray, threshold: float, *, block: int = 2048
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """All pairs ``i < j`` of unit rows with cosine >= ``threshold``, never an N x N matrix.
 
-    The product is computed in tiles of ``block`` rows against the rows after them (the upper
-    triangle only), keeping just the pairs above the threshold: exact, with memory
-    ``block x N`` floats.
+    The upper triangle of the product is computed in ``block x block`` tiles (16 MiB at the
+    default), keeping just the pairs above the threshold: exact, and cache-friendly.
     """
-    for start in range(0, len(unit), block):
-        stop = min(start + block, len(unit))
-        similarity = unit[start:stop] @ unit[start:].T
-        i, j = np.nonzero(similarity >= threshold)
-        upper = j > i  # both index from ``start``: keep the strict upper triangle
-        i, j = i[upper], j[upper]
-        yield i + start, j + start, similarity[i, j]
+    n = len(unit)
+    for row in range(0, n, block):
+        rows = unit[row : row + block]
+        for column in range(row, n, block):
+            similarity = rows @ unit[column : column + block].T
+            i, j = np.nonzero(similarity >= threshold)
+            if column == row:
+                upper = j > i
+                i, j = i[upper], j[upper]
+            if len(i):
+                yield i + row, j + column, similarity[i, j]
 
 
 def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig) -> Pairs:
