@@ -337,6 +337,25 @@ def split(
 
 
 @app.command()
+def report(
+    manifests: ManifestDir = Path("manifests"),
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A training run folder (from `train`) to include.", file_okay=False),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="The HTML file to write.", dir_okay=False)] = Path(
+        "report.html"
+    ),
+) -> None:
+    """Write one self-contained HTML report of the dataset and its curation (and a run)."""
+    from fracture_curate.report import build_report
+
+    with clean_errors(ManifestError, OSError):
+        path = build_report(manifests, out, run=run)
+    console.print(f"wrote report {path.resolve()}")
+
+
+@app.command()
 def synth(
     root: Annotated[Path, typer.Argument(help="Folder to write the generated dataset into.")],
     layout: Annotated[

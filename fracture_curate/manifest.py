@@ -50,9 +50,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield temp
         with open(temp, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_manifest(
