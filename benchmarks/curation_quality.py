@@ -50,8 +50,8 @@ TARGETS = {kind: 0.99 for kind in COPY_KINDS} | {
 }
 
 
-def build(name: str, **generate: object) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Generate, scan and embed one set (cached): scan table, embeddings, planted record."""
+def build(name: str, **generate: object) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Path]:
+    """Generate, scan and embed one set (cached): scan table, embeddings, planted record, root."""
     data, manifests = OUT / name / "data", OUT / name / "manifests"
     if not manifest_path(manifests, "embed").exists():
         shutil.rmtree(OUT / name, ignore_errors=True)
@@ -61,7 +61,7 @@ def build(name: str, **generate: object) -> tuple[pd.DataFrame, pd.DataFrame, pd
     scan = read_manifest(manifest_path(manifests, "scan"))
     embeddings = read_manifest(manifest_path(manifests, "embed"))
     planted = pd.read_csv(data / "planted.csv", dtype=str)
-    return scan, embeddings, planted
+    return scan, embeddings, planted, data
 
 
 def grouped_pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
@@ -149,7 +149,7 @@ def calibration(scan: pd.DataFrame, embeddings: pd.DataFrame, planted: pd.DataFr
 def run(
     dedupe: DedupeConfig, outliers: OutlierConfig, per_class: int, alike: int
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, float]]:
-    scan, embeddings, planted = build(
+    scan, embeddings, planted, root = build(
         "planted",
         layout="split-class",
         n_per_class=per_class,
@@ -157,11 +157,12 @@ def run(
         plant_counts={kind: 20 for kind in COPY_KINDS} | {"outlier": 8},
         seed=1,
     )
-    frame = score_outliers(deduplicate(scan, embeddings, dedupe), embeddings, outliers)
+    frame = deduplicate(scan, embeddings, dedupe, root=root)
+    frame = score_outliers(frame, embeddings, outliers)
     recall, scores = evaluate(frame, planted)
     calibration(scan, embeddings, planted)
 
-    scan_b, embeddings_b, planted_b = build(
+    scan_b, embeddings_b, planted_b, root_b = build(
         "alike",
         layout="class",
         classes=("not fractured",),
@@ -170,7 +171,8 @@ def run(
         plant=False,
         seed=2,
     )
-    frame_b = score_outliers(deduplicate(scan_b, embeddings_b, dedupe), embeddings_b, outliers)
+    frame_b = deduplicate(scan_b, embeddings_b, dedupe, root=root_b)
+    frame_b = score_outliers(frame_b, embeddings_b, outliers)
     _, scores_b = evaluate(frame_b, planted_b)
     calibration(scan_b, embeddings_b, planted_b)
     return recall, scores, scores_b

@@ -221,20 +221,41 @@ def dedupe(
         ),
     ] = DedupeConfig.cosine_threshold,
     embeddings: Annotated[
-        bool, typer.Option(help="Use the embedding layer (needs `curate embed` first).")
+        bool, typer.Option(help="Use the embedding layers (needs `curate embed` first).")
     ] = True,
+    geometry: Annotated[
+        bool,
+        typer.Option(
+            help="Check each file's nearest neighbours for a rotated, scaled or cropped copy "
+            "(SIFT keypoints + RANSAC); reads the images again.",
+        ),
+    ] = True,
+    geometry_threshold: Annotated[
+        int,
+        typer.Option(help="Min keypoints one similarity transform must match for a copy.", min=1),
+    ] = DedupeConfig.geometry_threshold,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder, when it moved since the scan.", file_okay=False),
+    ] = None,
 ) -> None:
     """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
 
     Layers, cheap first: identical bytes, identical pixels, perceptual hash invariant to flips and
-    90-degree rotations, embedding cosine. The kept copy is the largest, lossless over lossy.
+    90-degree rotations, embedding cosine, and a geometric check (SIFT + RANSAC) of each file's
+    nearest neighbours for crops and small rotations. The kept copy is the largest, lossless
+    over lossy.
     Clusters whose copies carry different labels are flagged as label conflicts.
     """
     config = DedupeConfig(
-        phash_radius=phash_radius, cosine_threshold=cosine_threshold, use_embeddings=embeddings
+        phash_radius=phash_radius,
+        cosine_threshold=cosine_threshold,
+        use_embeddings=embeddings,
+        geometry=geometry,
+        geometry_threshold=geometry_threshold,
     )
-    with clean_errors(ManifestError, OSError):
-        frame = run_dedupe(manifests, config)
+    with clean_errors(ManifestError, OSError), make_progress("img") as progress:
+        frame = run_dedupe(manifests, config, root=root, progress=progress)
     summary = summarise_dedupe(frame)
     console.print(frame_table(summary["counts"], "Duplicates"))
     if not summary["copies_by_match"].empty:

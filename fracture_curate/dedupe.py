@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.progress import Progress
 
+from fracture_curate.geometry import GEOMETRY_THRESHOLD, neighbour_candidates, verify_pairs
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+from fracture_curate.manifest import ManifestError, manifest_path, read_stage, write_manifest
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 
 #: Match kinds from the most to the least certain.
-MATCH_KINDS = ("bytes", "pixels", "phash", "embedding")
+MATCH_KINDS = ("bytes", "pixels", "phash", "embedding", "geometry")
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF"})
 
 DEDUPE_COLUMNS: dict[str, str] = {
@@ -40,6 +42,10 @@ class DedupeConfig:
     phash_radius: int = 24  #: max differing bits of the 256-bit pHash, any orientation
     cosine_threshold: float = 0.90  #: min cosine of centred, normalised embeddings
     use_embeddings: bool = True
+    geometry: bool = True  #: verify nearest neighbours with SIFT + RANSAC (crops, small turns)
+    geometry_neighbours: int = 10  #: nearest neighbours per file checked geometrically
+    geometry_floor: float = 0.3  #: min centred cosine for a neighbour to be checked
+    geometry_threshold: int = GEOMETRY_THRESHOLD  #: min matched keypoints for a copy
     block: int = 2048  #: side of the similarity search's square tiles
 
 
@@ -96,8 +102,18 @@ def cosine_pairs(
                 yield i + row, j + column, similarity[i, j]
 
 
-def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig) -> Pairs:
-    """Every matched pair among the rows of ``scan`` (positions), layer by layer."""
+def find_pairs(
+    scan: pd.DataFrame,
+    embeddings: pd.DataFrame | None,
+    config: DedupeConfig,
+    *,
+    root: Path | None = None,
+    progress: Progress | None = None,
+) -> Pairs:
+    """Every matched pair among the rows of ``scan`` (positions), layer by layer.
+
+    The geometry layer needs the images, so it runs only when ``root`` is given.
+    """
     parts = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
 
     # pHash on one row per distinct picture.
@@ -106,32 +122,44 @@ def find_pairs(scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: Dedu
         positions = scan.index.get_indexer(unique_pixels.index)
         hashes = unpack_hashes(unique_pixels["phash"].tolist())
         for i, j, bits in phash_pairs(hashes, config.phash_radius):
-            parts.append(
-                Pairs(
-                    positions[i],
-                    positions[j],
-                    np.full(len(i), MATCH_KINDS.index("phash")),
-                    1.0 - bits / HASH_BITS,
-                )
-            )
+            parts.append(_layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS))
 
-    # Embedding cosine on one row per distinct file.
-    if embeddings is not None and len(embeddings) > 1:
-        unique_files = scan.drop_duplicates("image_id")
-        unique_files = unique_files[unique_files["image_id"].isin(embeddings["image_id"])]
-        positions = scan.index.get_indexer(unique_files.index)
-        vectors = embeddings.set_index("image_id").loc[unique_files["image_id"], "embedding"]
-        unit = centred_unit_rows(np.stack(vectors.to_list()))
-        for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
-            parts.append(
-                Pairs(
-                    positions[i],
-                    positions[j],
-                    np.full(len(i), MATCH_KINDS.index("embedding")),
-                    similarity.astype(np.float64),
-                )
-            )
+    if embeddings is None or len(embeddings) < 2:
+        return Pairs.concat(parts)
+    # Embedding cosine, and geometric verification of each file's nearest neighbours.
+    files = scan.drop_duplicates("image_id")
+    files = files[files["image_id"].isin(embeddings["image_id"])]
+    positions = scan.index.get_indexer(files.index)
+    vectors = embeddings.set_index("image_id").loc[files["image_id"], "embedding"]
+    unit = centred_unit_rows(np.stack(vectors.to_list()))
+    for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
+        parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
+    if config.geometry and root is not None:
+        i, j, similarity = neighbour_candidates(
+            unit, config.geometry_neighbours, config.geometry_floor
+        )
+        task = progress.add_task("verifying geometry", total=len(files)) if progress else None
+        scores = verify_pairs(
+            [root / path for path in files["path"]],
+            i,
+            j,
+            on_progress=(lambda n: progress.advance(task, n)) if progress else None,
+        )
+        same = scores >= config.geometry_threshold
+        parts.append(_layer_pairs(positions, i[same], j[same], "geometry", similarity[same]))
     return Pairs.concat(parts)
+
+
+def _layer_pairs(
+    positions: np.ndarray, i: np.ndarray, j: np.ndarray, kind: str, similarity: np.ndarray
+) -> Pairs:
+    """Pairs found among a layer's subset of rows, mapped back to row positions."""
+    return Pairs(
+        positions[i],
+        positions[j],
+        np.full(len(i), MATCH_KINDS.index(kind)),
+        np.asarray(similarity, dtype=np.float64),
+    )
 
 
 def kept_rows(components: np.ndarray, rank: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -158,16 +186,24 @@ def keep_order(frame: pd.DataFrame) -> pd.Series:
 
 
 def deduplicate(
-    scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig = DedupeConfig()
+    scan: pd.DataFrame,
+    embeddings: pd.DataFrame | None,
+    config: DedupeConfig = DedupeConfig(),
+    *,
+    root: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """The scan table plus the dedupe columns (see ``manifests/README.md``)."""
+    """The scan table plus the dedupe columns (see ``manifests/README.md``).
+
+    ``root`` is the dataset folder; without it the geometry layer is skipped.
+    """
     result = scan.copy()
     for column, dtype in DEDUPE_COLUMNS.items():
         result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
     ok = scan[scan["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         return result
-    pairs = find_pairs(ok, embeddings, config)
+    pairs = find_pairs(ok, embeddings, config, root=Path(root) if root else None, progress=progress)
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)
@@ -243,13 +279,25 @@ def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def run_dedupe(directory: str | Path, config: DedupeConfig = DedupeConfig()) -> pd.DataFrame:
-    """Read ``scan`` (and ``embeddings``), deduplicate, write ``dedupe.parquet``."""
+def run_dedupe(
+    directory: str | Path,
+    config: DedupeConfig = DedupeConfig(),
+    *,
+    root: str | Path | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Read ``scan`` (and ``embeddings``), deduplicate, write ``dedupe.parquet``.
+
+    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved).
+    """
     scan, provenance = read_stage(directory, "scan")
+    root = Path(root or provenance["params"]["root"])
+    if config.geometry and config.use_embeddings and not root.is_dir():
+        raise ManifestError(f"dataset folder {root} (from the scan) is missing; pass --root")
     embeddings = None
     if config.use_embeddings:
         embeddings, _ = read_stage(directory, "embed")
-    frame = deduplicate(scan, embeddings, config)
-    params = asdict(config) | {"root": provenance["params"].get("root")}
+    frame = deduplicate(scan, embeddings, config, root=root, progress=progress)
+    params = asdict(config) | {"root": str(root)}
     write_manifest(frame, manifest_path(directory, "dedupe"), stage="dedupe", params=params)
     return frame
