@@ -1,15 +1,16 @@
 """Training throughput: images/s end to end against the model alone, in one run.
 
-    .venv/bin/python benchmarks/train_bench.py                       # CPU: a few minutes
+    .venv/bin/python benchmarks/train_bench.py       # CPU: mobilenetv2_100, 128 px, ~1-2 min
     .venv/bin/python benchmarks/train_bench.py --model resnet18 --image-size 224 \\
-        --batch-size 256 --images 8192 --epochs 3                      # an H100
+        --batch-size 256 --images 8192 --source-size 512 --epochs 4    # a GPU (bf16 AMP)
 
-End to end is the trainer's own path: JPEG files (about 1 megapixel, cached under
-benchmarks/out/) -> shared loader -> resize -> decoded-image cache -> augmentation in loader
-processes -> uint8 batches -> device -> normalise -> forward/backward/step. The model alone
-runs the same training step on a uint8 batch already on the device. Both use the same model,
-batch size, AMP (bf16 on CUDA) and channels_last settings. The first epoch, which fills the
-cache, is timed apart from the steady epochs.
+End to end is the trainer's own path: JPEG phantoms (--source-size a side, written once under
+benchmarks/out/) -> shared loader -> resize -> decoded-image cache -> augmentation (in loader
+processes on a GPU machine) -> uint8 batches -> device -> normalise -> forward/backward/step.
+The model alone runs the same training step on a uint8 batch already on the device. Both use
+the same model, batch size, AMP (bf16 on CUDA) and channels_last settings. Rounds alternate the
+two measurements (a shared machine's load then moves both); round 1's end-to-end figure
+includes filling the cache.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from phantoms import OUT, make_images
 
-from fracture_curate.embed import resolve_device
-from fracture_curate.synthetic import draw_phantom
+from fracture_curate.embed import resolve_device, torch_threads
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -33,24 +33,10 @@ from fracture_train.data import (
     fill_workers,
     loader_workers,
     make_loader,
+    model_threads,
 )
 from fracture_train.engine import Criterion, Runtime, make_optimizer, train_epoch, train_step
 from fracture_train.models import create_model
-
-OUT = Path(__file__).parent / "out"
-
-
-def make_images(folder: Path, count: int, size: int) -> list[Path]:
-    """``count`` JPEG phantoms of ``size`` pixels a side, written once."""
-    paths = [folder / f"img{index:05d}.jpg" for index in range(count)]
-    marker = folder / f".complete-{count}-{size}"
-    if not marker.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(0)
-        for index, path in enumerate(paths):
-            draw_phantom(rng, size, bool(index % 2)).save(path, quality=92)
-        marker.touch()
-    return paths
 
 
 def model_alone(model, runtime, optimizer, criterion, batch_size, image_size, steps) -> float:
@@ -58,7 +44,7 @@ def model_alone(model, runtime, optimizer, criterion, batch_size, image_size, st
     images = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
     images = images.to(runtime.device)
     targets = torch.randint(0, 2, (batch_size,), device=runtime.device)
-    for _ in range(3):  # warm-up: kernel selection, allocator
+    for _ in range(2):  # warm-up: kernel selection, allocator
         train_step(model, images, targets, optimizer, criterion, runtime)
     synchronize(runtime.device)
     start = time.perf_counter()
@@ -78,10 +64,10 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenetv2_100")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=320, help="training images per epoch")
+    parser.add_argument("--images", type=int, default=640, help="training images per epoch")
     parser.add_argument("--source-size", type=int, default=1024, help="side of the JPEG files")
-    parser.add_argument("--epochs", type=int, default=2, help="the first one fills the cache")
-    parser.add_argument("--steps", type=int, default=10, help="model-alone steps")
+    parser.add_argument("--epochs", type=int, default=4, help="rounds; the first fills the cache")
+    parser.add_argument("--steps", type=int, default=15, help="model-alone steps per round")
     parser.add_argument("--cache", default="memory", choices=("memory", "disk", "none"))
     parser.add_argument("--augment", default="standard")
     parser.add_argument("--workers", type=int, default=-1, help="-1: the trainer's default")
@@ -102,7 +88,8 @@ def main() -> None:
         f"{'channels_last' if args.channels_last else 'contiguous'}, cache {args.cache}, "
         f"augment {args.augment}"
     )
-    paths = make_images(OUT / f"train_images-{args.source_size}", args.images, args.source_size)
+    folder = make_images(f"train-{args.images}-{args.source_size}", args.images, args.source_size)
+    paths = sorted(folder.glob("*/*.jpg"))
 
     torch.manual_seed(0)
     preprocessing = Preprocessing(args.image_size)
@@ -111,13 +98,8 @@ def main() -> None:
     optimizer = make_optimizer(model, "adamw", 1e-4, 0.01)
     criterion = Criterion(binary=True).to(device)
 
-    alone = model_alone(
-        model, runtime, optimizer, criterion, args.batch_size, args.image_size, args.steps
-    )
-
-    store = ImageStore(
-        paths, [p.stem for p in paths], args.image_size, args.cache, OUT / "train_cache"
-    )
+    ids = [f"{args.source_size}px-{path.stem}" for path in paths]
+    store = ImageStore(paths, ids, args.image_size, args.cache, OUT / "train_cache")
     start = time.perf_counter()
     decoded = store.fill(fill_workers(requested))
     fill_seconds = time.perf_counter() - start
@@ -131,17 +113,34 @@ def main() -> None:
         pin_memory=on_cuda,
         shuffle=True,
     )
-    epochs = [train_epoch(model, loader, optimizer, criterion, runtime) for _ in range(args.epochs)]
+    # Rounds of (model alone, one epoch end to end), so that both see the same machine: a
+    # shared machine's load moves both figures, less so their ratio.
+    alone, end_to_end = [], []
+    for _ in range(args.epochs):
+        alone.append(
+            model_alone(
+                model, runtime, optimizer, criterion, args.batch_size, args.image_size, args.steps
+            )
+        )
+        with torch_threads(model_threads(on_cuda, workers)):  # loader processes get cores
+            end_to_end.append(train_epoch(model, loader, optimizer, criterion, runtime))
 
-    rows = [("model alone (uint8 batch on device)", alone)]
-    first = epochs[0].images / (fill_seconds + epochs[0].seconds)
-    rows.append((f"end to end, epoch 1 (decoding {decoded})", first))
-    if len(epochs) > 1:
-        steady = float(np.median([stats.images_per_second for stats in epochs[1:]]))
-        rows.append((f"end to end, epochs 2-{len(epochs)} (median)", steady))
-    print(f"\n{'':<40} {'img/s':>9} {'x alone':>8}")
-    for label, rate in rows:
-        print(f"{label:<40} {rate:>9.1f} {rate / alone:>8.2f}")
+    first = end_to_end[0].images / (fill_seconds + end_to_end[0].seconds)
+    print(f"\n{'round':<7} {'alone img/s':>12} {'end to end img/s':>17} {'ratio':>6}")
+    print(
+        f"{'1':<7} {alone[0]:>12.1f} {first:>17.1f} {first / alone[0]:>6.2f}  (decoding {decoded})"
+    )
+    for index in range(1, len(alone)):
+        rate = end_to_end[index].images_per_second
+        print(f"{index + 1:<7} {alone[index]:>12.1f} {rate:>17.1f} {rate / alone[index]:>6.2f}")
+    if len(alone) > 1:
+        ratios = [e.images_per_second / a for e, a in zip(end_to_end[1:], alone[1:], strict=True)]
+        print(
+            f"steady state (rounds 2-{len(alone)}, median): model alone "
+            f"{np.median(alone[1:]):.1f} img/s, end to end "
+            f"{np.median([e.images_per_second for e in end_to_end[1:]]):.1f} img/s, "
+            f"ratio {np.median(ratios):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,26 +1,281 @@
-"""The ``train`` command line (the trainer itself lands with the trainer issue)."""
+"""The ``train`` command line: ``train --manifest ...`` trains; ``train evaluate`` evaluates a
+trained run on another curated set. Thin wrappers over :mod:`fracture_train.trainer` and
+:mod:`fracture_train.evaluate`."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from fracture_curate.display import clean_errors, console, error_console, make_progress
+from fracture_curate.manifest import ManifestError
+
 app = typer.Typer(
     help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
     add_completion=False,
     pretty_exceptions_enable=False,
+    subcommand_metavar="[evaluate OPTIONS]",
 )
+
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Workers = Annotated[
+    int,
+    typer.Option(
+        help="Loader processes (-1: up to 16 on CUDA; on CPU 0 with a cache, else half the "
+        "cores). A cache is filled with all cores.",
+        min=-1,
+    ),
+]
+Cache = Annotated[
+    str,
+    typer.Option(
+        help="Decoded-image cache: 'memory' (decode once), 'disk' (one .npy per image, "
+        "reused by later runs) or 'none' (decode every epoch)."
+    ),
+]
+Root = Annotated[
+    Path | None,
+    typer.Option(help="Dataset folder, when it moved since the manifest was written."),
+]
+
+
+@app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None, typer.Option(help="split.parquet written by `curate split`.", dir_okay=False)
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/<model>-<date>-<time>).", file_okay=False),
+    ] = None,
+    root: Root = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="A timm model name (resnet18, mobilenetv2_100, efficientnet_b0, densenet121, "
+            "resnet50, ...) or package.module:factory, factory(num_classes) -> nn.Module "
+            "(e.g. fracture_train.models:two_block_cnn)."
+        ),
+    ] = "resnet18",
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            help="Start from offline ImageNet weights (an error when the model has none)."
+        ),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Start from a checkpoint: .safetensors, .pth or a run folder."),
+    ] = None,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.", min=16)] = 224,
+    freeze: Annotated[
+        str,
+        typer.Option(
+            help="'none', 'backbone' (train the head only) or N (freeze the first N stages)."
+        ),
+    ] = "none",
+    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd (Nesterov).")] = "adamw",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", min=0)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", min=0)] = 0.01,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="'cosine' (per step, after --warmup-epochs), 'step' (x --lr-factor every "
+            "--step-every epochs) or 'plateau' (x --lr-factor when val loss stalls for "
+            "--plateau-patience epochs)."
+        ),
+    ] = "cosine",
+    warmup_epochs: Annotated[
+        float, typer.Option(help="Linear warmup length for cosine.", min=0)
+    ] = 1.0,
+    step_every: Annotated[int, typer.Option(help="Epochs between step decays.", min=1)] = 10,
+    lr_factor: Annotated[
+        float, typer.Option(help="LR multiplier of step and plateau.", min=0)
+    ] = 0.1,
+    plateau_patience: Annotated[
+        int, typer.Option(help="Epochs without val-loss improvement before a plateau cut.", min=0)
+    ] = 2,
+    epochs: Annotated[int, typer.Option(help="Epochs to train (in total, when resuming).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", min=0)] = 0.0,
+    balance: Annotated[
+        str,
+        typer.Option(
+            help="Class imbalance: 'none', 'weights' (inverse-frequency loss weights) or "
+            "'sampler' (classes drawn evenly)."
+        ),
+    ] = "none",
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="'none'; 'light' (flips, small rotations, brightness/contrast); 'standard' "
+            "(+ random resized crop); 'strong' (+ vertical flips, zoom/shift)."
+        ),
+    ] = "standard",
+    patience: Annotated[
+        int, typer.Option(help="Early stopping: epochs without improvement (0: off).", min=0)
+    ] = 5,
+    select_metric: Annotated[
+        str,
+        typer.Option(
+            help="Val metric that picks the best checkpoint: loss, accuracy, balanced_accuracy "
+            "or auroc."
+        ),
+    ] = "loss",
+    target_sensitivity: Annotated[
+        float,
+        typer.Option(help="Sensitivity the val-chosen threshold must reach (binary tasks)."),
+    ] = 0.95,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (bf16 AMP on CUDA).")] = "auto",
+    amp: Annotated[bool, typer.Option(help="bf16 autocast (CUDA only).")] = True,
+    channels_last: Annotated[
+        bool, typer.Option(help="channels_last memory (faster on CPU and GPU).")
+    ] = True,
+    workers: Workers = -1,
+    cache: Cache = "memory",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Folder of --cache disk (default RUN/cache).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
+    ] = False,
+) -> None:
+    """Train on the train rows of MANIFEST, select on val, report on test.
+
+    Writes to the run folder: best/last checkpoints (safetensors) and config.json, metrics.json,
+    history.csv, predictions.parquet and PNG figures.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from fracture_train.report import EpochPrinter
+    from fracture_train.trainer import TrainConfig, train_run  # torch loads only when needed
+
+    with clean_errors(ValueError, ManifestError, OSError):
+        if manifest is None:
+            raise ValueError("missing --manifest (see `train --help`)")
+        if out is None:
+            if resume:
+                raise ValueError("--resume needs --out RUN_FOLDER")
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}-{stamp}"
+        config = TrainConfig(
+            manifest=manifest,
+            out=out,
+            root=root,
+            model=model,
+            pretrained=pretrained,
+            weights=weights,
+            image_size=image_size,
+            freeze=freeze,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            step_every=step_every,
+            lr_factor=lr_factor,
+            plateau_patience=plateau_patience,
+            epochs=epochs,
+            batch_size=batch_size,
+            label_smoothing=label_smoothing,
+            balance=balance,
+            augment=augment,
+            patience=patience,
+            select_metric=select_metric,
+            target_sensitivity=target_sensitivity,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            workers=None if workers < 0 else workers,
+            cache=cache,
+            cache_dir=cache_dir,
+            seed=seed,
+            resume=resume,
+        )
+        try:
+            with make_progress("img") as progress:
+                result = train_run(
+                    config,
+                    progress=progress,
+                    on_epoch=EpochPrinter(progress.console, epochs),
+                    log=progress.console.print,
+                )
+        except KeyboardInterrupt:
+            error_console.print(
+                f"[bold red]interrupted:[/] continue with the same command plus "
+                f"--resume --out {out}"
+            )
+            raise typer.Exit(code=130) from None
+    _print_report(result.metrics, ("val", "test"))
+    selection = result.metrics["selection"]
+    console.print(
+        f"best epoch {selection['best_epoch']} of {selection['epochs_run']} "
+        f"(val {selection['metric']}); run folder: [bold]{result.out}[/]"
+    )
 
 
 @app.command()
-def train(
-    manifest: Annotated[Path, typer.Option(help="split.parquet written by `curate split`.")],
+def evaluate(
+    checkpoint: Annotated[
+        Path, typer.Option(help="Run folder written by `train`.", exists=True, file_okay=False)
+    ],
+    manifest: Annotated[
+        Path, typer.Option(help="A curated split.parquet of another dataset.", dir_okay=False)
+    ],
+    root: Root = None,
+    split: Annotated[
+        str, typer.Option(help="Rows to evaluate: all (every row with a split), train, val, test.")
+    ] = "all",
+    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report folder (default RUN/evaluations/<dataset>-<split>).", file_okay=False
+        ),
+    ] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 64,
+    workers: Workers = -1,
+    cache: Cache = "memory",
 ) -> None:
-    """Train on the train rows of MANIFEST (not built yet: exits with status 2)."""
-    typer.echo(
-        f"error: the trainer is not built yet; {manifest} was not read (see the trainer issue)",
-        err=True,
-    )
-    raise typer.Exit(code=2)
+    """Evaluate a trained run on another curated set (cross-dataset) with the same report."""
+    from fracture_train.evaluate import evaluate_run
+
+    with clean_errors(ValueError, ManifestError, OSError):
+        if split not in ("all", "train", "val", "test"):
+            raise ValueError(f"unknown --split {split!r}; choose all, train, val or test")
+        if which not in ("best", "last"):
+            raise ValueError(f"unknown --which {which!r}; choose best or last")
+        with make_progress("img") as progress:
+            result = evaluate_run(
+                checkpoint,
+                manifest,
+                root=root,
+                split=None if split == "all" else split,
+                checkpoint=which,
+                out=out,
+                device=device,
+                batch_size=batch_size,
+                workers=None if workers < 0 else workers,
+                cache=cache,
+                progress=progress,
+            )
+    if result.metrics["label_map"]:
+        mapping = ", ".join(f"{a} -> {b}" for a, b in result.metrics["label_map"].items())
+        console.print(f"labels mapped onto the model's classes: {mapping}")
+    _print_report(result.metrics, (split,))
+    console.print(f"report folder: [bold]{result.out}[/]")
+
+
+def _print_report(metrics: dict, splits: tuple[str, ...]) -> None:
+    from fracture_train.report import metrics_tables
+
+    for split in splits:
+        for table in metrics_tables(metrics, split):
+            console.print(table)

@@ -1,0 +1,146 @@
+"""The run folder's files, written atomically and read without pickle.
+
+``best.safetensors`` / ``last.safetensors`` hold model tensors (a plain state dict of the timm or
+user model); ``config.json`` says how to rebuild the model and feed it; ``resume.safetensors``
+holds the optimizer's tensors, with the optimizer's other state, the schedule and the loop's
+state as JSON in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from fracture_curate.manifest import atomic_path
+from fracture_train.models import ModelError, create_model
+
+CONFIG_FILE = "config.json"
+BEST = "best"
+LAST = "last"
+RESUME_FILE = "resume.safetensors"
+FORMAT = "fracture-train/1"
+_STATE_KEY = "fracture_train"
+
+
+class CheckpointError(ValueError):
+    """A run folder or checkpoint that cannot be read or does not match."""
+
+
+def weights_path(run_dir: str | Path, which: str = BEST) -> Path:
+    """``RUN/best.safetensors`` or ``RUN/last.safetensors``."""
+    return Path(run_dir) / f"{which}.safetensors"
+
+
+def to_json(data: Any) -> Any:
+    """``data`` with NaN and infinities as null, so strict JSON readers accept it."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {str(key): to_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [to_json(value) for value in data]
+    return data
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write strict JSON atomically."""
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(to_json(data), indent=2) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file of the run folder, with a clear error when it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path} does not exist; is it a run folder?") from error
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} cannot be read: {error}") from error
+
+
+def save_weights(model: nn.Module, path: str | Path, *, epoch: int) -> None:
+    """The model's state dict as safetensors, with its epoch in the metadata."""
+    tensors = {key: _packed(value) for key, value in model.state_dict().items()}
+    with atomic_path(path) as temp:
+        save_file(tensors, temp, metadata={"format": FORMAT, "epoch": str(epoch)})
+
+
+def weights_epoch(path: str | Path) -> int:
+    """The epoch a weights file was saved at."""
+    with safe_open(path, "pt") as handle:
+        return int(handle.metadata()["epoch"])
+
+
+def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a run folder: ``(model in eval mode, its config)``."""
+    config = read_json(Path(run_dir) / CONFIG_FILE)
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{run_dir}/{CONFIG_FILE} is not a fracture-train run config")
+    path = weights_path(run_dir, which)
+    try:
+        state = load_file(path)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path} does not exist") from error
+    except SafetensorError as error:
+        raise CheckpointError(f"{path} cannot be read: {error}") from error
+    try:
+        model = create_model(config["model"], config["num_outputs"])
+        model.load_state_dict(state)
+    except (ModelError, RuntimeError) as error:
+        raise CheckpointError(f"{path} does not fit {config['model']}: {error}") from error
+    return model.eval(), config
+
+
+def save_resume_state(
+    path: str | Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Optimizer tensors as safetensors; its other state and ``state`` as JSON metadata."""
+    optimizer_state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = _packed(value)
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    metadata = {
+        "param_groups": optimizer_state["param_groups"],
+        "scalars": scalars,
+        "state": state,
+    }
+    with atomic_path(path) as temp:
+        save_file(tensors, temp, metadata={"format": FORMAT, _STATE_KEY: json.dumps(metadata)})
+
+
+def load_resume_state(path: str | Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer from a file written by :func:`save_resume_state`; return the rest."""
+    try:
+        with safe_open(path, "pt") as handle:
+            metadata = json.loads(handle.metadata()[_STATE_KEY])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (FileNotFoundError, SafetensorError, KeyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not a readable resume state: {error}") from error
+    per_param: dict[int, dict[str, Any]] = {}
+    for index, values in metadata["scalars"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    for key, tensor in tensors.items():
+        index, _, name = key.partition(".")
+        per_param.setdefault(int(index), {})[name] = tensor
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": metadata["param_groups"]})
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} does not fit this run's optimizer: {error}") from error
+    return metadata["state"]
+
+
+def _packed(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy: safetensors refuses channels_last (non-contiguous) tensors."""
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)

@@ -1,0 +1,225 @@
+"""Evaluation of a trained model: predictions, the metrics report and its figures.
+
+Used at the end of training (val and test) and by ``train evaluate`` on another curated set
+(cross-dataset evaluation), so both write the same report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from fracture_curate.embed import resolve_device, torch_threads
+from fracture_curate.manifest import write_manifest
+from fracture_train.checkpoint import BEST, load_model, write_json
+from fracture_train.data import (
+    ImageDataset,
+    ImageStore,
+    Preprocessing,
+    Rows,
+    fill_workers,
+    load_evaluation_rows,
+    loader_workers,
+    make_loader,
+    model_threads,
+)
+from fracture_train.engine import Runtime, predict
+from fracture_train.metrics import DEFAULT_THRESHOLD, classification_report, predict_labels
+from fracture_train.plots import plot_confusion, plot_roc
+from fracture_train.report import ProgressTask
+
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A model's class probabilities for some rows of a table."""
+
+    name: str  #: "val", "test", or "all" for a whole external set
+    positions: np.ndarray  #: row positions in ``Rows.frame``
+    probs: np.ndarray  #: N x K, in class order
+    targets: np.ndarray
+    loss: float
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What ``train evaluate`` wrote and measured."""
+
+    out: Path
+    metrics: dict[str, Any]
+
+
+def predict_splits(
+    model: nn.Module,
+    rows: Rows,
+    store: ImageStore,
+    runtime: Runtime,
+    splits: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    workers: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[SplitPredictions]:
+    """Probabilities of ``model`` for each named group of row positions."""
+    targets = rows.frame["target"].to_numpy()
+    results = []
+    for name, positions in splits.items():
+        loader = make_loader(
+            ImageDataset(store, positions, targets[positions]),
+            batch_size=batch_size,
+            workers=workers,
+            pin_memory=runtime.device.type == "cuda",
+        )
+        probs, split_targets, loss = predict(model, loader, runtime, on_batch)
+        results.append(SplitPredictions(name, positions, probs, split_targets, loss))
+    return results
+
+
+def write_report(
+    out: Path,
+    rows: Rows,
+    results: list[SplitPredictions],
+    *,
+    val_threshold: float | None,
+    header: dict[str, Any],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Reports per split, ``predictions.parquet``, confusion and ROC figures and
+    ``metrics.json`` in ``out``; returns the metrics."""
+    positive = rows.positive_index
+    metrics = header | {
+        "classes": rows.class_names,
+        "positive_class": rows.positive_class,
+        "decision_threshold": DEFAULT_THRESHOLD,
+        "val_threshold": val_threshold,
+    }
+    frames = []
+    for result in results:
+        metrics[result.name] = classification_report(
+            result.targets,
+            result.probs,
+            rows.class_names,
+            positive=positive,
+            extra_threshold=val_threshold,
+        ) | {"loss": result.loss}
+        frames.append(_predictions(rows, result, val_threshold))
+        plot_confusion(
+            metrics[result.name]["confusion_matrix"],
+            rows.class_names,
+            out / f"confusion_{result.name}.png",
+            f"Confusion matrix ({result.name}, n={len(result.targets)})",
+        )
+        thresholds = {"decision": DEFAULT_THRESHOLD}
+        if val_threshold is not None:
+            thresholds["val-chosen"] = val_threshold
+        plot_roc(
+            result.targets,
+            result.probs,
+            rows.class_names,
+            positive,
+            out / f"roc_{result.name}.png",
+            f"ROC ({result.name})",
+            thresholds if positive is not None else None,
+        )
+    write_manifest(
+        pd.concat(frames, ignore_index=True),
+        out / PREDICTIONS_FILE,
+        stage="predict",
+        params=provenance,
+    )
+    write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _predictions(rows: Rows, result: SplitPredictions, val_threshold: float | None) -> pd.DataFrame:
+    names = np.asarray(rows.class_names, dtype=object)
+    frame = rows.frame.iloc[result.positions][["image_id", "path", "split", "label"]]
+    frame = frame.reset_index(drop=True)
+    frame["predicted_label"] = names[predict_labels(result.probs, rows.positive_index)]
+    if rows.positive_index is not None and val_threshold is not None:
+        chosen = predict_labels(result.probs, rows.positive_index, val_threshold)
+        frame["predicted_label_val_threshold"] = names[chosen]
+    for index, name in enumerate(rows.class_names):
+        frame[f"prob_{name}"] = result.probs[:, index]
+    return frame
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    manifest: str | Path,
+    *,
+    root: str | Path | None = None,
+    split: str | None = None,
+    checkpoint: str = BEST,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    cache: str = "memory",
+    progress: Any = None,
+) -> EvaluationResult:
+    """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
+
+    Writes the report to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
+    metrics are at 0.5 and at the threshold the run chose on its own validation set.
+    """
+    run_dir = Path(run_dir)
+    model, config = load_model(run_dir, checkpoint)
+    rows = load_evaluation_rows(
+        manifest, config["class_names"], config["positive_class"], root=root, split=split
+    )
+    name = split or "all"
+    out = Path(out) if out is not None else run_dir / "evaluations" / f"{rows.root.name}-{name}"
+    torch_device = resolve_device(device)
+    preprocessing = Preprocessing(**config["preprocessing"])
+    store = ImageStore(
+        [rows.root / path for path in rows.frame["path"]],
+        rows.frame["image_id"].tolist(),
+        preprocessing.image_size,
+        cache,
+        out / "cache",
+    )
+    with ProgressTask(progress, "decoding", len(store.missing())) as task:
+        store.fill(fill_workers(workers), task.advance)
+    runtime = Runtime.create(torch_device, preprocessing, amp=False, channels_last=True)
+    on_cuda = torch_device.type == "cuda"
+    workers = loader_workers(workers, on_cuda, cache)
+    with (
+        ProgressTask(progress, "evaluating", len(rows.frame)) as task,
+        torch_threads(model_threads(on_cuda, workers)),
+    ):
+        results = predict_splits(
+            runtime.prepare(model),
+            rows,
+            store,
+            runtime,
+            {name: np.arange(len(rows.frame))},
+            batch_size=batch_size,
+            workers=workers,
+            on_batch=task.advance,
+        )
+    header = {
+        "run": str(run_dir),
+        "checkpoint": checkpoint,
+        "model": config["model"],
+        "manifest": str(manifest),
+        "root": str(rows.root),
+        "label_map": rows.label_map,
+    }
+    metrics = write_report(
+        out,
+        rows,
+        results,
+        val_threshold=config.get("val_threshold"),
+        header=header,
+        provenance=header,
+    )
+    return EvaluationResult(out=out, metrics=metrics)

@@ -1,0 +1,112 @@
+"""Rich output of the trainer: progress tasks, the per-epoch line and the metrics tables."""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from fracture_curate.display import frame_table
+
+
+class ProgressTask:
+    """A task on an optional ``rich.progress.Progress``, removed when the block ends."""
+
+    def __init__(self, progress: Any, description: str, total: int) -> None:
+        self.progress, self.description = progress, description
+        self.task = progress.add_task(description, total=total) if progress is not None else None
+
+    def __enter__(self) -> ProgressTask:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.progress is not None:
+            self.progress.remove_task(self.task)
+
+    def advance(self, count: int, loss: float | None = None) -> None:
+        """Advance by ``count`` items; show the running loss when one is given."""
+        if self.progress is None:
+            return
+        if loss is None:
+            self.progress.advance(self.task, count)
+        else:
+            description = f"{self.description} loss {loss:.3f}"
+            self.progress.update(self.task, advance=count, description=description)
+
+
+class EpochPrinter:
+    """Prints one aligned line per epoch (a header first): losses, val metrics, learning rate,
+    speed, and a star on the best epoch so far."""
+
+    HEADER = (
+        f"{'epoch':>7} {'loss':>7} {'acc':>5} {'v.loss':>7} {'v.acc':>5} {'v.bal':>5} "
+        f"{'v.auc':>5} {'lr':>8} {'img/s':>7} {'sec':>6}"
+    )
+
+    def __init__(self, console: Any, epochs: int) -> None:
+        self.console, self.epochs, self.started = console, epochs, False
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if not self.started:
+            self.console.print(self.HEADER, style="bold", highlight=False)
+            self.started = True
+        epoch = f"{row['epoch']}/{self.epochs}"
+        self.console.print(
+            f"{epoch:>7} {row['train_loss']:>7.4f} {row['train_accuracy']:>5.3f} "
+            f"{row['val_loss']:>7.4f} {row['val_accuracy']:>5.3f} "
+            f"{row['val_balanced_accuracy']:>5.3f} {_number(row['val_auroc']):>5} "
+            f"{row['lr']:>8.2e} {row['images_per_s']:>7.1f} {row['seconds']:>6.1f}"
+            + (" [bold green]*[/]" if row["best"] else ""),
+            highlight=False,
+        )
+
+
+def metrics_tables(metrics: dict[str, Any], split: str) -> list[Table]:
+    """Summary, per-class and confusion-matrix tables of one split's report."""
+    report = metrics[split]
+    n = report["n"]
+    summary = {
+        "accuracy": report["accuracy"],
+        "balanced accuracy": report["balanced_accuracy"],
+        "AUROC" + (" (macro one-vs-rest)" if metrics["positive_class"] is None else ""): report[
+            "auroc"
+        ],
+        "Cohen's kappa": report["cohen_kappa"],
+        "ECE (15 bins)": report["ece"],
+    }
+    for key, label in (("at_threshold", "threshold"), ("at_val_threshold", "val threshold")):
+        if key in report:
+            rates = report[key]
+            where = f"@ {label} {_number(rates['threshold'])}"
+            summary[f"sensitivity {where}"] = rates["sensitivity"]
+            summary[f"specificity {where}"] = rates["specificity"]
+    frame = pd.DataFrame({"value": [_number(v) for v in summary.values()]}, index=summary)
+    frame.index.name = "metric"
+    per_class = pd.DataFrame(report["per_class"]).T.drop(columns="recall")  # = sensitivity
+    per_class["support"] = per_class["support"].astype(int)
+    per_class = per_class.map(lambda v: v if isinstance(v, int) else _number(v))
+    per_class.index.name = "class"
+    names = list(report["per_class"])
+    confusion = pd.DataFrame(report["confusion_matrix"], index=names, columns=names)
+    confusion.index.name = "true \\ predicted"
+    return [
+        frame_table(frame, f"{split} (n={n})"),
+        frame_table(per_class, f"{split}: per class (one-vs-rest)"),
+        frame_table(confusion, f"{split}: confusion matrix"),
+    ]
+
+
+def _number(value: float | None) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.3f}"
+    )

@@ -1,0 +1,403 @@
+"""The trainer end to end on CPU: a tiny CNN on a small generated set, the run folder, reloading,
+resuming, cross-dataset evaluation, the CLI and its errors on bad manifests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from fracture_curate.manifest import read_manifest, read_provenance, write_manifest
+from fracture_curate.scan import scan_dataset
+from fracture_curate.synthetic import generate_dataset
+from fracture_train.checkpoint import CheckpointError, load_model
+from fracture_train.cli import app
+from fracture_train.data import (
+    DataError,
+    ImageDataset,
+    ImageStore,
+    Preprocessing,
+    class_order,
+    load_training_rows,
+    make_loader,
+)
+from fracture_train.engine import Runtime, predict
+from fracture_train.evaluate import evaluate_run
+from fracture_train.trainer import TrainConfig, train_run
+
+runner = CliRunner()
+CNN = "fracture_train.models:two_block_cnn"
+RUN_FILES = (
+    "best.safetensors",
+    "last.safetensors",
+    "resume.safetensors",
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "predictions.parquet",
+    "curves.png",
+    "confusion_val.png",
+    "confusion_test.png",
+    "roc_val.png",
+    "roc_test.png",
+)
+
+
+def easy_dataset(
+    root: Path, classes: tuple[str, ...] = ("fractured", "not fractured"), n: int = 30, seed=0
+) -> Path:
+    """Generated phantoms whose fractures are exaggerated (a wide dark band across the image),
+    so that a tiny CNN learns them in a few epochs on two CPU cores."""
+    generate_dataset(
+        root,
+        layout="class",
+        classes=list(classes),
+        n_per_class=n,
+        image_size=64,
+        plant=False,
+        seed=seed,
+    )
+    rng = np.random.default_rng(seed)
+    for label in classes[:1]:
+        for path in sorted((root / label).iterdir()):
+            with Image.open(path) as opened:
+                image = opened.convert("L")
+            centre = rng.uniform(16, 48, size=2)
+            angle = rng.uniform(0, np.pi)
+            reach = 64 * np.array([np.cos(angle), np.sin(angle)])
+            ImageDraw.Draw(image).line(
+                [tuple(centre - reach), tuple(centre + reach)], fill=0, width=6
+            )
+            image.save(path)
+    return root
+
+
+def split_manifest(root: Path, path: Path) -> Path:
+    """A split manifest as `curate split` writes it: 3/5 train, 1/5 val, 1/5 test per label."""
+    frame = scan_dataset(root, workers=1).frame
+    frame = frame.sort_values("path", ignore_index=True)
+    rank = frame.groupby("label").cumcount() % 5
+    frame["split"] = np.select([rank < 3, rank == 3], ["train", "val"], "test")
+    frame.loc[frame["status"] != "ok", "split"] = None
+    frame["excluded_reason"] = np.where(frame["split"].isna(), "not an image", None)
+    return write_manifest(frame, path, stage="split", params={"root": str(root)})
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory) -> Path:
+    """The easy set's split manifest."""
+    folder = tmp_path_factory.mktemp("easy")
+    return split_manifest(easy_dataset(folder / "data"), folder / "split.parquet")
+
+
+def config(manifest: Path, out: Path, **options) -> TrainConfig:
+    """A small, fast CPU configuration of the tiny CNN."""
+    defaults = dict(
+        model=CNN,
+        image_size=48,
+        epochs=8,
+        batch_size=12,
+        lr=3e-3,
+        augment="light",
+        workers=0,
+        warmup_epochs=0.5,
+        patience=0,
+    )
+    return TrainConfig(manifest=manifest, out=out, **(defaults | options))
+
+
+@pytest.fixture(scope="module")
+def trained(easy, tmp_path_factory):
+    """One finished run of the tiny CNN, shared by the tests that read a run folder."""
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    return train_run(config(easy, out))
+
+
+def test_class_order_puts_the_fracture_class_last():
+    assert class_order(["not fractured", "fractured"]) == (
+        ["not fractured", "fractured"],
+        "fractured",
+    )
+    assert class_order(["positive", "negative"]) == (["negative", "positive"], "positive")
+    assert class_order(["normal", "abnormal"]) == (["normal", "abnormal"], "abnormal")
+    assert class_order(["fractured", "non-fractured"])[1] == "fractured"
+    assert class_order(["cat", "ant"]) == (["ant", "cat"], "cat")  # no hint: second sorted
+    assert class_order(["b", "c", "a"]) == (["a", "b", "c"], None)
+
+
+@pytest.mark.slow
+def test_training_learns_and_writes_the_run_folder(trained):
+    out = trained.out
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] >= 0.8  # chance is 0.5
+    assert metrics["test"]["auroc"] >= 0.8
+    assert metrics["positive_class"] == "fractured" and metrics["task"] == "binary"
+    assert 0 < metrics["val_threshold"] < 1
+    assert metrics["val"]["at_val_threshold"]["sensitivity"] >= 0.95
+    assert set(metrics["test"]) >= {"cohen_kappa", "ece", "per_class", "confusion_matrix"}
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, 9))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert {"lr", "val_loss", "val_auroc", "images_per_s"} <= set(history.columns)
+    run_config = json.loads((out / "config.json").read_text())
+    assert run_config["class_names"] == ["not fractured", "fractured"]
+    assert run_config["preprocessing"]["image_size"] == 48
+    assert run_config["selection"]["best_epoch"] == metrics["selection"]["best_epoch"]
+    assert set(load_file(out / "best.safetensors")) == set(load_file(out / "last.safetensors"))
+    predictions = read_manifest(out / "predictions.parquet", stage="predict")
+    assert len(predictions) == 24 and set(predictions["split"]) == {"val", "test"}
+    assert {"path", "label", "predicted_label", "prob_fractured", "prob_not fractured"} <= set(
+        predictions.columns
+    )
+    np.testing.assert_allclose(predictions.filter(like="prob_").sum(axis=1), 1.0)
+
+
+@pytest.mark.slow
+def test_a_reloaded_checkpoint_predicts_identically(trained):
+    model, run_config = load_model(trained.out)
+    saved = pd.read_parquet(trained.out / "predictions.parquet")
+    test = saved[saved["split"] == "test"]
+    manifest = Path(trained.metrics["manifest"])
+    root = Path(read_provenance(manifest)["params"]["root"])
+    size = run_config["preprocessing"]["image_size"]
+    store = ImageStore([root / p for p in test["path"]], test["image_id"].tolist(), size, "none")
+    targets = (test["label"] == "fractured").astype(int).to_numpy()
+    preprocessing = Preprocessing(**run_config["preprocessing"])
+    model = model.eval()
+    # the run's own settings (batch 12, channels_last) give bit-identical probabilities;
+    # another batch size and memory layout agree to float32 rounding
+    for batch_size, channels_last, tolerance in ((12, True, 0.0), (7, False, 1e-6)):
+        loader = make_loader(
+            ImageDataset(store, np.arange(len(test)), targets),
+            batch_size=batch_size,
+            workers=0,
+            pin_memory=False,
+        )
+        runtime = Runtime.create(
+            torch.device("cpu"), preprocessing, amp=False, channels_last=channels_last
+        )
+        probs, _, _ = predict(runtime.prepare(model), loader, runtime)
+        np.testing.assert_allclose(probs[:, 1], test["prob_fractured"], rtol=0, atol=tolerance)
+        assert ((probs[:, 1] >= 0.5) == (test["predicted_label"] == "fractured")).all()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_epoch(easy, tmp_path):
+    straight = train_run(config(easy, tmp_path / "straight", epochs=3))
+
+    def interrupt(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    interrupted = config(easy, tmp_path / "resumed", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(interrupted, on_epoch=interrupt)
+    assert pd.read_csv(tmp_path / "resumed/history.csv")["epoch"].tolist() == [1, 2]
+    notes = []
+    resumed = train_run(replace(interrupted, resume=True), log=notes.append)
+    assert "resuming after epoch 2 (best so far: epoch 2)" in notes
+    assert resumed.history["epoch"].tolist() == [1, 2, 3]
+    expected = load_file(tmp_path / "straight/last.safetensors")
+    got = load_file(tmp_path / "resumed/last.safetensors")
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, rtol=0, atol=1e-6)
+    assert resumed.metrics["test"]["accuracy"] == pytest.approx(
+        straight.metrics["test"]["accuracy"]
+    )
+
+    with pytest.raises(CheckpointError, match=r"changed: lr 0\.003 -> 0\.01"):
+        train_run(replace(interrupted, resume=True, lr=0.01))
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train_run(interrupted)
+    with pytest.raises(CheckpointError, match="holds no run to resume"):
+        train_run(replace(interrupted, out=tmp_path / "nothing", resume=True))
+
+
+def test_image_caches_agree_and_the_disk_cache_is_reused(easy, tmp_path):
+    rows = load_training_rows(easy)
+    paths = [rows.root / p for p in rows.frame["path"][:6]]
+    ids = rows.frame["image_id"][:6].tolist()
+    stores = {
+        mode: ImageStore(paths, ids, 40, mode, tmp_path) for mode in ("none", "memory", "disk")
+    }
+    assert stores["memory"].fill(workers=0) == 6
+    assert stores["disk"].fill(workers=0) == 6
+    assert ImageStore(paths, ids, 40, "disk", tmp_path).fill(workers=0) == 0  # reused
+    assert len(list((tmp_path / "40px").glob("*.npy"))) == 6
+    for position in range(6):
+        expected = stores["none"][position]
+        assert expected.shape == (40, 40, 3) and expected.dtype == np.uint8
+        np.testing.assert_array_equal(stores["memory"][position], expected)
+        np.testing.assert_array_equal(stores["disk"][position], expected)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(DataError, match=r"could not be decoded, e\.g\. .*broken\.png"):
+        ImageStore([broken], ["x"], 40, "memory").fill(workers=0)
+
+
+@pytest.fixture
+def bad_manifests(easy, tmp_path):
+    """Broken variants of the easy manifest, by what is wrong with them."""
+    frame = read_manifest(easy)
+    root = read_provenance(easy)["params"]["root"]
+    data_copy = tmp_path / "data"
+    shutil.copytree(root, data_copy)
+    (data_copy / frame.loc[frame["split"] == "test", "path"].iloc[0]).unlink()
+    variants = {
+        r"lacks column\(s\) label": (frame.drop(columns="label"), root),
+        "has no train rows": (frame.assign(split=frame["split"].replace("train", "val")), root),
+        "'fractured' have no train rows": (
+            frame[~((frame["label"] == "fractured") & (frame["split"] == "train"))],
+            root,
+        ),
+        r"1 image file\(s\) listed in the manifest no longer exist": (frame, str(data_copy)),
+        "status other than 'ok'": (frame.assign(status="corrupt"), root),
+    }
+    paths = {}
+    for index, (message, (variant, variant_root)) in enumerate(variants.items()):
+        path = tmp_path / f"bad{index}.parquet"
+        write_manifest(variant, path, stage="split", params={"root": variant_root})
+        paths[message] = path
+    scan = tmp_path / "scan.parquet"
+    write_manifest(frame, scan, stage="scan", params={"root": root})
+    paths["written by stage 'scan', expected 'split'"] = scan
+    return paths
+
+
+def test_bad_manifests_are_one_line_errors_before_training(bad_manifests, tmp_path):
+    for message, path in bad_manifests.items():
+        out = tmp_path / "run"
+        result = runner.invoke(app, ["--manifest", str(path), "--model", CNN, "--out", str(out)])
+        assert result.exit_code == 2, (message, result.output)
+        assert "Traceback" not in result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+        assert re.search(message, lines[0]), (message, lines[0])
+        assert not out.exists()
+
+
+def test_cli_options_are_checked_before_training(easy, tmp_path):
+    cases = {
+        ("--model", "resnet_18"): "did you mean resnet18",
+        ("--model", CNN, "--pretrained"): "no offline ImageNet weights",
+        ("--model", CNN, "--optimizer", "lion"): "unknown optimizer 'lion'",
+        ("--model", CNN, "--freeze", "9"): "has 3 stages",
+        ("--model", CNN, "--resume"): "--resume needs --out",
+    }
+    for options, message in cases.items():
+        out = [] if "--resume" in options else ["--out", str(tmp_path / "run")]
+        result = runner.invoke(app, ["--manifest", str(easy), *options, *out])
+        assert result.exit_code == 2 and message in result.stderr, (options, result.output)
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_and_evaluates_another_dataset(easy, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "--manifest",
+            str(easy),
+            "--model",
+            CNN,
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "test (n=12)" in result.output and "best epoch" in result.output
+    assert "v.loss" in result.output  # the per-epoch table
+
+    other = easy_dataset(tmp_path / "other", classes=("positive", "negative"), n=10, seed=1)
+    other_manifest = split_manifest(other, tmp_path / "other.parquet")
+    result = runner.invoke(
+        app,
+        ["evaluate", "--checkpoint", str(out), "--manifest", str(other_manifest), "--workers", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "positive -> fractured" in output and "all (n=20)" in output
+    report = out / "evaluations" / "other-all"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["all"]["n"] == 20
+    assert metrics["label_map"] == {"negative": "not fractured", "positive": "fractured"}
+    assert (report / "roc_all.png").is_file() and (report / "predictions.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_labels_the_model_does_not_know(trained, tmp_path):
+    other = easy_dataset(tmp_path / "three", classes=("gap", "oblique", "not fractured"), n=5)
+    manifest = split_manifest(other, tmp_path / "three.parquet")
+    with pytest.raises(DataError, match="the model does not know"):
+        evaluate_run(trained.out, manifest, workers=0)
+
+
+@pytest.mark.slow
+def test_multiclass_training_with_other_options(tmp_path):
+    data = easy_dataset(tmp_path / "data", classes=("gap", "oblique", "not fractured"), n=10)
+    manifest = split_manifest(data, tmp_path / "split.parquet")
+    result = train_run(
+        config(
+            manifest,
+            tmp_path / "run",
+            epochs=2,
+            image_size=32,
+            optimizer="sgd",
+            schedule="plateau",
+            balance="sampler",
+            augment="strong",
+            freeze="1",
+            cache="disk",
+            label_smoothing=0.1,
+            select_metric="auroc",
+        )
+    )
+    metrics = result.metrics
+    assert metrics["task"] == "multiclass" and metrics["positive_class"] is None
+    assert metrics["classes"] == ["gap", "not fractured", "oblique"]
+    assert "auroc" in metrics["test"]["per_class"]["gap"] and "at_threshold" not in metrics["test"]
+    assert len(list((tmp_path / "run/cache/32px").glob("*.npy"))) == 30
+    model, _ = load_model(tmp_path / "run")
+    assert model.head.out_features == 3
+
+
+@pytest.mark.slow
+def test_mobilenetv2_fine_tunes_from_imagenet_weights_through_the_trainer(easy, tmp_path):
+    result = train_run(
+        config(
+            easy,
+            tmp_path / "run",
+            model="mobilenetv2_100",
+            pretrained=True,
+            epochs=1,
+            image_size=64,
+            schedule="step",
+            balance="weights",
+            freeze="backbone",
+        )
+    )
+    run_config = json.loads((tmp_path / "run/config.json").read_text())
+    assert run_config["initial_weights"].startswith("ImageNet: torchvision MobileNetV2")
+    assert result.history["train_loss"].iloc[0] < 2  # a small fresh head, not timm's +-1 init
+    assert result.metrics["test"]["n"] == 12
