@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 MANIFESTS ?= manifests
+RUN ?= runs/demo
 
 .PHONY: demo test lint format bench clean-demo
 
@@ -16,12 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/curate synth $(DEMO_DIR)
+	$(BIN)/curate synth $(DEMO_DIR) --per-class 80
 	$(BIN)/curate scan $(DEMO_DIR) --out $(MANIFESTS)
 	$(BIN)/curate embed --manifests $(MANIFESTS)
 	$(BIN)/curate dedupe --manifests $(MANIFESTS)
 	$(BIN)/curate outliers --manifests $(MANIFESTS)
 	$(BIN)/curate split --manifests $(MANIFESTS)
+	rm -rf $(RUN)
+	$(BIN)/train --manifest $(MANIFESTS)/split.parquet --model mobilenetv2_100 --pretrained \
+		--epochs 6 --lr 3e-4 --batch-size 16 --out $(RUN)
+	$(BIN)/curate report --manifests $(MANIFESTS) --run $(RUN) --out report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -39,3 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/embed_bench.py
 	$(BIN)/python benchmarks/curation_quality.py
 	$(BIN)/python benchmarks/dedupe_scale.py
+	$(BIN)/python benchmarks/train_bench.py

@@ -27,22 +27,10 @@ from fracture_curate.manifest import manifest_path, read_manifest
 from fracture_curate.outliers import OutlierConfig, score_outliers
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan
-from fracture_curate.synthetic import generate_dataset
+from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
 
 OUT = Path(__file__).parent / "out" / "quality"
-COPY_KINDS = (
-    "exact_copy",
-    "reencoded",
-    "resized",
-    "cropped",
-    "flipped",
-    "rotated90",
-    "rotated_small",
-    "brightness",
-    "other_class",
-    "cross_split",
-)
-TARGETS = {kind: 0.99 for kind in COPY_KINDS} | {
+TARGETS = {kind: 0.99 for kind in DUPLICATE_KINDS} | {
     "cropped": 0.9,
     "rotated_small": 0.9,
     "brightness": 0.9,
@@ -79,7 +67,7 @@ def evaluate(frame: pd.DataFrame, planted: pd.DataFrame) -> tuple[pd.DataFrame, 
     family = planted["source_path"].fillna(pd.Series(planted.index, index=planted.index))
     by_path = frame.set_index("path")
     rows = []
-    for kind in (*COPY_KINDS, "outlier"):
+    for kind in (*DUPLICATE_KINDS, "outlier"):
         members = planted[planted["kind"] == kind]
         if members.empty:
             continue
@@ -126,7 +114,7 @@ def pair_similarities(
 
 def calibration(scan: pd.DataFrame, embeddings: pd.DataFrame, planted: pd.DataFrame) -> None:
     """How the defaults were chosen: each layer's score for planted copies and for strangers."""
-    copies = planted[planted["kind"].isin(COPY_KINDS)]
+    copies = planted[planted["kind"].isin(DUPLICATE_KINDS)]
     ok = set(scan.loc[scan["status"] == "ok", "path"])
     copies = copies[copies["path"].isin(ok) & copies["source_path"].isin(ok)]
     scores = pair_similarities(
@@ -154,7 +142,7 @@ def run(
         layout="split-class",
         n_per_class=per_class,
         image_size=256,
-        plant_counts={kind: 20 for kind in COPY_KINDS} | {"outlier": 8},
+        plant_counts={kind: 20 for kind in DUPLICATE_KINDS} | {"outlier": 8},
         seed=1,
     )
     frame = deduplicate(scan, embeddings, dedupe, root=root)

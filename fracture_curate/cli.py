@@ -37,6 +37,10 @@ ManifestDir = Annotated[
         "--manifests", help="Folder holding the manifests (read and written).", file_okay=False
     ),
 ]
+RootOption = Annotated[
+    Path | None,
+    typer.Option(help="Dataset folder, when it moved since the scan.", file_okay=False),
+]
 OutDir = Annotated[
     Path, typer.Option("--out", help="Folder the manifest is written to.", file_okay=False)
 ]
@@ -151,10 +155,7 @@ def embed(
         int,
         typer.Option(help="Decoding processes (-1: half the cores on CPU, all on CUDA).", min=-1),
     ] = -1,
-    root: Annotated[
-        Path | None,
-        typer.Option(help="Dataset folder, when it moved since the scan.", file_okay=False),
-    ] = None,
+    root: RootOption = None,
     checkpoint_every: Annotated[
         int, typer.Option(help="Save finished embeddings every N images (resume point).", min=1)
     ] = 2048,
@@ -234,10 +235,7 @@ def dedupe(
         int,
         typer.Option(help="Min keypoints one similarity transform must match for a copy.", min=1),
     ] = DedupeConfig.geometry_threshold,
-    root: Annotated[
-        Path | None,
-        typer.Option(help="Dataset folder, when it moved since the scan.", file_okay=False),
-    ] = None,
+    root: RootOption = None,
 ) -> None:
     """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
 

@@ -57,22 +57,10 @@ LABELS_CSV = "labels.csv"
 _NEGATIVE_WORDS = re.compile(r"not|normal|negative", re.IGNORECASE)
 _MURA_REGIONS = ("WRIST", "ELBOW", "HAND", "SHOULDER", "FINGER", "FOREARM", "HUMERUS")
 _MURA_LABELS = ("positive", "negative")
+#: Planted kinds that are copies of an original: a duplicate detector should find each of them.
+DUPLICATE_KINDS: tuple[str, ...] = PLANTED_KINDS[: PLANTED_KINDS.index("outlier")]
 # Kinds that copy or transform an existing original (their record has a source_path).
-_SOURCED_KINDS = frozenset(
-    {
-        "exact_copy",
-        "reencoded",
-        "resized",
-        "cropped",
-        "flipped",
-        "rotated90",
-        "rotated_small",
-        "brightness",
-        "other_class",
-        "cross_split",
-        "truncated",
-    }
-)
+_SOURCED_KINDS = frozenset({*DUPLICATE_KINDS, "truncated"})
 _LAYOUT_SPLITS: dict[str, tuple[tuple[str | None, ...], tuple[float, ...]]] = {
     "class": ((None,), (1.0,)),
     "split-class": (("train", "val", "test"), (0.7, 0.15, 0.15)),

@@ -16,7 +16,7 @@ from fracture_curate.manifest import manifest_path, read_manifest, read_provenan
 from fracture_curate.outliers import OutlierConfig, score_outliers
 from fracture_curate.scan import run_scan, scan_dataset
 from fracture_curate.split import SplitConfig, SplitError, make_split, straddling_groups
-from fracture_curate.synthetic import generate_dataset
+from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
 
 runner = CliRunner()
 
@@ -53,21 +53,7 @@ def same_cluster(frame, kind, record):
     )
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "exact_copy",
-        "reencoded",
-        "resized",
-        "cropped",
-        "flipped",
-        "rotated90",
-        "rotated_small",
-        "brightness",
-        "other_class",
-        "cross_split",
-    ],
-)
+@pytest.mark.parametrize("kind", DUPLICATE_KINDS)
 def test_planted_copies_join_their_source(deduped, planted, kind):
     assert same_cluster(deduped, kind, planted["record"]).all()
 
