@@ -23,9 +23,10 @@ from torchvision import transforms
 
 from fracture_curate.embed import (
     EmbedConfig,
-    MobileNetV2Embedder,
+    default_batch_size,
     default_workers,
     embed_manifest,
+    inference_model,
     resolve_device,
 )
 from fracture_curate.scan import run_scan
@@ -34,8 +35,7 @@ from fracture_curate.weights import resolve_weights
 
 def model_alone(device: torch.device, batch_size: int, seconds: float = 15.0) -> float:
     """(a): images/s of the embedder on uint8 batches already in memory (on the device)."""
-    model = MobileNetV2Embedder(resolve_weights().state_dict).eval()
-    model = model.to(device, memory_format=torch.channels_last)
+    model = inference_model(resolve_weights().state_dict, "pool", device)
     batch = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
@@ -99,7 +99,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
-    batch_size = args.batch_size or (256 if on_cuda else 16)
+    batch_size = args.batch_size or default_batch_size(on_cuda)
     jpeg = make_images("embed_jpeg", args.images, args.size)
     png = make_images("embed_png", args.png, args.size, png_fraction=1.0)
     name = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()

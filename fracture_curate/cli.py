@@ -149,11 +149,11 @@ def embed(
         str, typer.Option(help="auto, cpu or cuda (bf16 autocast on CUDA).")
     ] = "auto",
     batch_size: Annotated[
-        int, typer.Option(help="Images per batch (0: 16 on CPU, 256 on CUDA).", min=0)
+        int, typer.Option(help="Images per batch (0: 4 on CPU, 256 on CUDA).", min=0)
     ] = 0,
     workers: Annotated[
         int,
-        typer.Option(help="Decoding processes (-1: half the cores on CPU, all on CUDA).", min=-1),
+        typer.Option(help="Decoding processes (-1: none on CPU, one per core on CUDA).", min=-1),
     ] = -1,
     root: RootOption = None,
     checkpoint_every: Annotated[

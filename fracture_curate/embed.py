@@ -23,9 +23,10 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 
-from fracture_curate.images import ImageLoadError, load_image, to_rgb8
+from fracture_curate.images import ImageLoadError, load_image, to_rgb8, to_uint8
 from fracture_curate.manifest import (
     ManifestError,
     manifest_path,
@@ -100,14 +101,18 @@ def preprocess(source: str | Path | bytes, image_size: int, resize: str) -> np.n
     short side to ``image_size * 256 / 224`` and centre-crops, as ImageNet evaluation does.
     """
     side = image_size if resize == "stretch" else round(image_size * 256 / 224)
-    image = Image.fromarray(to_rgb8(load_image(source, draft_size=(side, side)).pixels))
+    # Resize in the image's own channels (one for a radiograph), then make three.
+    image = Image.fromarray(to_uint8(load_image(source, draft_size=(side, side)).pixels))
     if resize == "stretch":
-        return np.array(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
-    scale = side / min(image.size)
-    width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - image_size) // 2, (height - image_size) // 2
-    return np.array(image.crop((left, top, left + image_size, top + image_size)))
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    else:
+        scale = side / min(image.size)
+        width = max(side, round(image.width * scale))
+        height = max(side, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (width - image_size) // 2, (height - image_size) // 2
+        image = image.crop((left, top, left + image_size, top + image_size))
+    return to_rgb8(np.array(image))
 
 
 class ImageFiles(Dataset):
@@ -137,6 +142,20 @@ def collate(batch: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str,
         "images": images.permute(0, 3, 1, 2) if images is not None else None,
         "failures": {index: reason for index, array, reason in batch if array is None},
     }
+
+
+def inference_model(
+    state_dict: dict[str, torch.Tensor] | None, layer: str, device: torch.device
+) -> nn.Module:
+    """The embedder ready for inference: batch norms folded into the convolutions (which alone
+    doubles CPU throughput), channels-last, on ``device``."""
+    model = fuse(MobileNetV2Embedder(state_dict, layer).eval())
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def default_batch_size(on_cuda: bool) -> int:
+    """Small batches on the CPU, where MobileNetV2's activations then stay in cache."""
+    return 256 if on_cuda else 4
 
 
 def resolve_device(device: str) -> torch.device:
@@ -208,7 +227,7 @@ def embed_manifest(
     if len(todo):
         with torch.random.fork_rng():
             torch.manual_seed(0)  # random weights (tests) are the same in every run
-            model = MobileNetV2Embedder(weights.state_dict, config.layer).eval()
+            model = inference_model(weights.state_dict, config.layer, torch_device)
         files = ImageFiles([root / p for p in todo["path"]], config.image_size, config.resize)
         failed = _embed_into_parts(
             model,
@@ -249,9 +268,8 @@ def _embed_into_parts(
 ) -> dict[str, str]:
     """Embed ``files`` into part files every ``checkpoint_every`` images; returns the failures."""
     on_cuda = device.type == "cuda"
-    batch_size = batch_size or (256 if on_cuda else 16)
+    batch_size = batch_size or default_batch_size(on_cuda)
     workers = default_workers(on_cuda) if workers is None else workers
-    model = model.to(device, memory_format=torch.channels_last)
     loader = DataLoader(
         files,
         batch_size=batch_size,
@@ -294,9 +312,9 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def default_workers(on_cuda: bool) -> int:
-    """Decoding processes: on a CPU-only machine the model needs the cores too."""
-    cores = os.cpu_count() or 1
-    return min(cores, 16) if on_cuda else max(1, cores // 2)
+    """Decoding processes. On a CPU-only machine the model needs every core, and decoding in
+    the main process between batches measured fastest (benchmarks/README.md)."""
+    return min(os.cpu_count() or 1, 16) if on_cuda else 0
 
 
 def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:

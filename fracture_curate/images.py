@@ -105,19 +105,23 @@ def load_image(
         return decode(image, draft_size=draft_size)
 
 
-def to_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """An H x W x 3 uint8 view of a canonical array, for models that want three channels.
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """A canonical array in 8 bits, channels unchanged.
 
     16-bit images are windowed to their own min-max range, because radiographs rarely use the
     full 16 bits (10- and 12-bit data stored in 16-bit containers are the norm).
     """
-    if pixels.dtype == np.uint16:
-        low, high = int(pixels.min()), int(pixels.max())
-        scale = 255.0 / max(high - low, 1)
-        pixels = ((pixels.astype(np.float32) - low) * scale).round().astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return pixels
+    if pixels.dtype != np.uint16:
+        return pixels
+    low, high = int(pixels.min()), int(pixels.max())
+    scale = 255.0 / max(high - low, 1)
+    return ((pixels.astype(np.float32) - low) * scale).round().astype(np.uint8)
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """An H x W x 3 uint8 array of a canonical array, for models that want three channels."""
+    pixels = to_uint8(pixels)
+    return np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels
 
 
 def _canonical_pixels(image: Image.Image) -> np.ndarray:
