@@ -178,7 +178,8 @@ def main() -> None:
         DedupeConfig(), phash_radius=args.phash_radius, cosine_threshold=args.cosine_threshold
     )
     level = args.contamination
-    outliers = replace(OutlierConfig(), contamination=level if level == "auto" else float(level))
+    level = level if level in ("robust", "auto") else float(level)
+    outliers = replace(OutlierConfig(), contamination=level)
     recall, scores, scores_b = run(dedupe, outliers, args.per_class, args.alike)
     print(f"\nthresholds: {dedupe}\n            {outliers}")
     print("\nSet A: planted problems")

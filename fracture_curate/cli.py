@@ -280,8 +280,12 @@ def outliers(
         ),
     ] = OutlierConfig.components,
     contamination: Annotated[
-        str, typer.Option(help="Isolation Forest: expected outlier fraction, or 'auto'.")
-    ] = "auto",
+        str,
+        typer.Option(
+            help="How scores become flags: 'robust' (modified z-score of the score > 3.5), "
+            "'auto' (Isolation Forest's fixed offset) or an expected outlier fraction.",
+        ),
+    ] = "robust",
     per_class: Annotated[
         bool,
         typer.Option(help="Score each class on its own: finds images unlike their own class."),
@@ -293,7 +297,7 @@ def outliers(
     Outliers are flagged only; `curate split --drop-outliers` leaves them out of the split.
     """
     with clean_errors(ManifestError, OSError, ValueError):
-        level = contamination if contamination == "auto" else float(contamination)
+        level = contamination if contamination in ("robust", "auto") else float(contamination)
         config = OutlierConfig(
             components=components, contamination=level, per_class=per_class, seed=seed
         )

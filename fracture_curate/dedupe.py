@@ -40,7 +40,7 @@ class DedupeConfig:
     """Thresholds of the matching layers (defaults from benchmarks/curation_quality.py)."""
 
     phash_radius: int = 24  #: max differing bits of the 256-bit pHash, any orientation
-    cosine_threshold: float = 0.90  #: min cosine of centred, normalised embeddings
+    cosine_threshold: float = 0.95  #: min cosine of centred, normalised embeddings
     use_embeddings: bool = True
     geometry: bool = True  #: verify nearest neighbours with SIFT + RANSAC (crops, small turns)
     geometry_neighbours: int = 10  #: nearest neighbours per file checked geometrically

@@ -18,6 +18,8 @@ from fracture_curate.manifest import manifest_path, read_stage, write_manifest
 
 OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
 MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
+#: Iglewicz and Hoaglin's cut-off for the modified z-score, 0.6745 (x - median) / MAD.
+ROBUST_Z = 3.5
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class OutlierConfig:
     """PCA and Isolation Forest settings."""
 
     components: float = 0.95  #: explained variance to keep (< 1) or a number of components (>= 1)
-    contamination: float | str = "auto"  #: expected outlier fraction, or "auto"
+    #: How scores become flags: "robust" (modified z-score of the score above ROBUST_Z),
+    #: "auto" (scikit-learn's fixed offset) or an expected outlier fraction.
+    contamination: float | str = "robust"
     per_class: bool = False
     n_estimators: int = 1000  #: more trees steady the scores (300 missed 1 of 8 planted outliers)
     seed: int = 0
@@ -43,12 +47,28 @@ def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.nda
     if isinstance(components, int):
         components = min(components, *unit.shape)
     reduced = PCA(n_components=components, random_state=config.seed).fit_transform(unit)
+    robust = config.contamination == "robust"
     forest = IsolationForest(
         n_estimators=config.n_estimators,
-        contamination=config.contamination,
+        contamination="auto" if robust else config.contamination,
         random_state=config.seed,
     ).fit(reduced)
-    return -forest.score_samples(reduced), forest.predict(reduced) == -1
+    scores = -forest.score_samples(reduced)
+    return scores, robust_flags(scores) if robust else forest.predict(reduced) == -1
+
+
+def robust_flags(scores: np.ndarray, z: float = ROBUST_Z) -> np.ndarray:
+    """Scores far above the crowd: modified z-score (median and MAD) above ``z``.
+
+    Isolation Forest's own "auto" cut-off is a fixed offset that ignores how compressed the
+    scores of a given dataset are: on the demo set it flagged 1 of 8 colour photos that all
+    ranked in its top 10; this rule flagged all 8 and 0.5% of the clean images.
+    """
+    median = np.median(scores)
+    mad = np.median(np.abs(scores - median))
+    if mad == 0:
+        return scores > median
+    return 0.6745 * (scores - median) / mad > z
 
 
 def score_outliers(

@@ -13,7 +13,7 @@ from fracture_curate.cli import app
 from fracture_curate.dedupe import DedupeConfig, cosine_pairs, deduplicate, leakage
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import manifest_path, read_manifest, read_provenance
-from fracture_curate.outliers import OutlierConfig, score_outliers
+from fracture_curate.outliers import OutlierConfig, robust_flags, score_outliers
 from fracture_curate.scan import run_scan, scan_dataset
 from fracture_curate.split import SplitConfig, SplitError, make_split, straddling_groups
 from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
@@ -224,3 +224,13 @@ def test_dedupe_without_embeddings_still_finds_exact_and_flipped(planted):
     frame = frame.set_index("path", drop=False)
     assert same_cluster(frame, "flipped", planted["record"]).all()
     assert (frame["match_kind"] != "embedding").all()
+
+
+def test_robust_flags_pick_scores_far_above_the_crowd():
+    rng = np.random.default_rng(0)
+    crowd = rng.normal(0.45, 0.01, 500)
+    scores = np.concatenate([crowd, [0.50, 0.52, 0.55]])
+    flags = robust_flags(scores)
+    assert flags[-3:].all()
+    assert flags[:-3].mean() < 0.01
+    assert not robust_flags(np.full(10, 0.4)).any()  # no spread: nothing stands out
