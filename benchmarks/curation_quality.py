@@ -135,15 +135,15 @@ def calibration(scan: pd.DataFrame, embeddings: pd.DataFrame, planted: pd.DataFr
 
 
 def run(
-    dedupe: DedupeConfig, outliers: OutlierConfig, per_class: int, alike: int
+    dedupe: DedupeConfig, outliers: OutlierConfig, per_class: int, alike: int, seed: int
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, float]]:
     scan, embeddings, planted, root = build(
-        "planted",
+        f"planted-{seed}" if seed else "planted",
         layout="split-class",
         n_per_class=per_class,
         image_size=256,
         plant_counts={kind: 20 for kind in DUPLICATE_KINDS} | {"outlier": 8},
-        seed=1,
+        seed=1 + seed,
     )
     frame = deduplicate(scan, embeddings, dedupe, root=root)
     frame = score_outliers(frame, embeddings, outliers)
@@ -151,13 +151,13 @@ def run(
     calibration(scan, embeddings, planted)
 
     scan_b, embeddings_b, planted_b, root_b = build(
-        "alike",
+        f"alike-{seed}" if seed else "alike",
         layout="class",
         classes=("not fractured",),
         n_per_class=alike,
         image_size=256,
         plant=False,
-        seed=2,
+        seed=2 + seed,
     )
     frame_b = deduplicate(scan_b, embeddings_b, dedupe, root=root_b)
     frame_b = score_outliers(frame_b, embeddings_b, outliers)
@@ -170,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=150, help="originals per class, set A")
     parser.add_argument("--alike", type=int, default=400, help="images in set B")
+    parser.add_argument("--seed", type=int, default=0, help="offset of the generators' seeds")
     parser.add_argument("--phash-radius", type=int, default=DedupeConfig.phash_radius)
     parser.add_argument("--cosine-threshold", type=float, default=DedupeConfig.cosine_threshold)
     parser.add_argument("--contamination", default=OutlierConfig.contamination)
@@ -180,7 +181,7 @@ def main() -> None:
     level = args.contamination
     level = level if level in ("robust", "auto") else float(level)
     outliers = replace(OutlierConfig(), contamination=level)
-    recall, scores, scores_b = run(dedupe, outliers, args.per_class, args.alike)
+    recall, scores, scores_b = run(dedupe, outliers, args.per_class, args.alike, args.seed)
     print(f"\nthresholds: {dedupe}\n            {outliers}")
     print("\nSet A: planted problems")
     print(recall.to_string(float_format=lambda v: f"{v:.3f}"))

@@ -43,8 +43,8 @@ class DedupeConfig:
     cosine_threshold: float = 0.95  #: min cosine of centred, normalised embeddings
     use_embeddings: bool = True
     geometry: bool = True  #: verify nearest neighbours with SIFT + RANSAC (crops, small turns)
-    geometry_neighbours: int = 10  #: nearest neighbours per file checked geometrically
-    geometry_floor: float = 0.3  #: min centred cosine for a neighbour to be checked
+    geometry_neighbours: int = 16  #: nearest neighbours per file checked geometrically
+    geometry_floor: float = 0.5  #: min plain embedding cosine for a neighbour to be checked
     geometry_threshold: int = GEOMETRY_THRESHOLD  #: min matched keypoints for a copy
     block: int = 2048  #: side of the similarity search's square tiles
 
@@ -130,14 +130,17 @@ def find_pairs(
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
-    vectors = embeddings.set_index("image_id").loc[files["image_id"], "embedding"]
-    unit = centred_unit_rows(np.stack(vectors.to_list()))
+    vectors = np.stack(
+        embeddings.set_index("image_id").loc[files["image_id"], "embedding"].to_list()
+    )
+    unit = centred_unit_rows(vectors)
     for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
         parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
     if config.geometry and root is not None:
-        i, j, similarity = neighbour_candidates(
-            unit, config.geometry_neighbours, config.geometry_floor
-        )
+        # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences
+        # a turned copy has, and ranked some sources below their copy's 10th neighbour.
+        plain = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        i, j, _ = neighbour_candidates(plain, config.geometry_neighbours, config.geometry_floor)
         task = progress.add_task("verifying geometry", total=len(files)) if progress else None
         scores = verify_pairs(
             [root / path for path in files["path"]],
@@ -145,8 +148,9 @@ def find_pairs(
             j,
             on_progress=(lambda n: progress.advance(task, n)) if progress else None,
         )
-        same = scores >= config.geometry_threshold
-        parts.append(_layer_pairs(positions, i[same], j[same], "geometry", similarity[same]))
+        i, j = i[scores >= config.geometry_threshold], j[scores >= config.geometry_threshold]
+        similarity = np.einsum("ij,ij->i", unit[i], unit[j])
+        parts.append(_layer_pairs(positions, i, j, "geometry", similarity))
     return Pairs.concat(parts)
 
 
