@@ -298,10 +298,12 @@ def run_dedupe(
     root = Path(root or provenance["params"]["root"])
     if config.geometry and config.use_embeddings and not root.is_dir():
         raise ManifestError(f"dataset folder {root} (from the scan) is missing; pass --root")
-    embeddings = None
+    embeddings, inputs = None, {"scan": provenance}
     if config.use_embeddings:
-        embeddings, _ = read_stage(directory, "embed")
+        embeddings, inputs["embed"] = read_stage(directory, "embed")
     frame = deduplicate(scan, embeddings, config, root=root, progress=progress)
     params = asdict(config) | {"root": str(root)}
-    write_manifest(frame, manifest_path(directory, "dedupe"), stage="dedupe", params=params)
+    write_manifest(
+        frame, manifest_path(directory, "dedupe"), stage="dedupe", params=params, inputs=inputs
+    )
     return frame

@@ -203,7 +203,8 @@ def embed_manifest(
     directory = Path(directory)
     scan_file = manifest_path(directory, "scan")
     scan = read_manifest(scan_file, stage="scan", columns=["image_id", "path", "status"])
-    root = Path(root) if root is not None else Path(read_provenance(scan_file)["params"]["root"])
+    scan_provenance = read_provenance(scan_file)
+    root = Path(root) if root is not None else Path(scan_provenance["params"]["root"])
     kept = scan[scan["status"] == "ok"].drop_duplicates("image_id")
     if not root.is_dir():
         raise ManifestError(f"dataset folder {root} (from the scan) is missing; pass --root")
@@ -243,7 +244,13 @@ def embed_manifest(
 
     frame = pd.concat([done, parts.read()], ignore_index=True).drop_duplicates("image_id")
     frame = kept[["image_id"]].merge(frame, on="image_id")  # scan order, current images only
-    write_manifest(embeddings_table(frame, params["dim"]), out_file, stage="embed", params=params)
+    write_manifest(
+        embeddings_table(frame, params["dim"]),
+        out_file,
+        stage="embed",
+        params=params,
+        inputs={"scan": scan_provenance},
+    )
     parts.clear()
     return EmbedResult(
         frame=frame,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -63,9 +64,18 @@ def _umask() -> int:
 
 
 def write_manifest(
-    frame: pd.DataFrame | pa.Table, path: str | Path, *, stage: str, params: dict[str, Any]
+    frame: pd.DataFrame | pa.Table,
+    path: str | Path,
+    *,
+    stage: str,
+    params: dict[str, Any],
+    inputs: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``frame`` atomically to ``path`` with the stage's provenance in the metadata."""
+    """Write ``frame`` atomically to ``path`` with the stage's provenance in the metadata.
+
+    ``inputs`` maps each stage whose manifest was read to its provenance, so a later read can
+    tell when an input has been rewritten since (see :func:`read_stage`).
+    """
     table = (
         frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     )
@@ -73,7 +83,9 @@ def write_manifest(
         "stage": stage,
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": uuid.uuid4().hex,
         "params": params,
+        "inputs": {name: given.get("run_id") for name, given in (inputs or {}).items()},
     }
     metadata = dict(table.schema.metadata or {})
     metadata[METADATA_KEY] = json.dumps(provenance, default=str).encode()
@@ -97,10 +109,22 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
 
 
 def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A stage's manifest in ``directory`` and its provenance, checked to be that stage's."""
+    """A stage's manifest in ``directory`` and its provenance.
+
+    It must be that stage's, and made from the inputs now in ``directory``: a manifest whose
+    input was rewritten since (a new scan under an old dedupe, say) is an error, not a mix.
+    """
     path = manifest_path(directory, stage)
     frame = read_manifest(path, stage=stage)
-    return frame, read_provenance(path)
+    provenance = read_provenance(path)
+    for upstream, run_id in provenance.get("inputs", {}).items():
+        upstream_path = manifest_path(directory, upstream)
+        if upstream_path.exists() and read_provenance(upstream_path).get("run_id") != run_id:
+            raise ManifestError(
+                f"{path.name} was made from an older {upstream_path.name}; "
+                f"run `curate {stage}` again"
+            )
+    return frame, provenance
 
 
 def read_manifest(

@@ -103,8 +103,14 @@ def score_outliers(
 def run_outliers(directory: str | Path, config: OutlierConfig = OutlierConfig()) -> pd.DataFrame:
     """Read ``dedupe`` and ``embeddings``, score, write ``outliers.parquet``."""
     frame, provenance = read_stage(directory, "dedupe")
-    embeddings, _ = read_stage(directory, "embed")
+    embeddings, embed_provenance = read_stage(directory, "embed")
     scored = score_outliers(frame, embeddings, config)
     params = asdict(config) | {"root": provenance["params"].get("root")}
-    write_manifest(scored, manifest_path(directory, "outliers"), stage="outliers", params=params)
+    write_manifest(
+        scored,
+        manifest_path(directory, "outliers"),
+        stage="outliers",
+        params=params,
+        inputs={"dedupe": provenance, "embed": embed_provenance},
+    )
     return scored

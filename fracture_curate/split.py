@@ -90,7 +90,12 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
         with warnings.catch_warnings():  # classes smaller than n_splits are expected in small sets
             warnings.simplefilter("ignore", UserWarning)
-            _, held_out = next(folds.split(remaining, labels[remaining], groups[remaining]))
+            try:
+                _, held_out = next(folds.split(remaining, labels[remaining], groups[remaining]))
+            except ValueError as error:  # every class smaller than the number of folds
+                raise SplitError(
+                    f"too few images per label for a {share:.0%} {name} share ({error})"
+                ) from error
         assigned[remaining[held_out]] = name
         remaining = np.delete(remaining, held_out)
     return assigned
@@ -140,5 +145,11 @@ def run_split(directory: str | Path, config: SplitConfig = SplitConfig()) -> pd.
     frame, provenance = read_stage(directory, "outliers")
     result = make_split(frame, config)
     params = asdict(config) | {"root": provenance["params"].get("root")}
-    write_manifest(result, manifest_path(directory, "split"), stage="split", params=params)
+    write_manifest(
+        result,
+        manifest_path(directory, "split"),
+        stage="split",
+        params=params,
+        inputs={"outliers": provenance},
+    )
     return result

@@ -201,6 +201,10 @@ def test_too_few_groups_is_a_clear_error(tmp_path):
     frame = frame.assign(outlier_score=0.0, is_outlier=False)
     with pytest.raises(SplitError, match="independent groups"):
         make_split(frame, SplitConfig())
+    many = pd.concat([frame.iloc[:1]] * 10, ignore_index=True)
+    many = many.assign(cluster_id=range(10), is_kept=True, label=["a", "b"] * 5)
+    with pytest.raises(SplitError, match="too few images per label"):  # 5 a, 5 b, 7 folds
+        make_split(many, SplitConfig())
 
 
 def test_cli_runs_the_stages_in_order_with_clear_errors(planted, tmp_path):
@@ -234,3 +238,18 @@ def test_robust_flags_pick_scores_far_above_the_crowd():
     assert flags[-3:].all()
     assert flags[:-3].mean() < 0.01
     assert not robust_flags(np.full(10, 0.4)).any()  # no spread: nothing stands out
+
+
+def test_a_stage_made_from_an_older_input_is_a_clear_error(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    generate_dataset(data, layout="class", n_per_class=12, image_size=64, plant=False, seed=4)
+    run_scan(data, manifests, workers=1)
+    embed_manifest(manifests, EmbedConfig(weights="random", image_size=32), workers=0)
+    assert runner.invoke(app, ["dedupe", "--manifests", str(manifests)]).exit_code == 0
+    run_scan(data, manifests, workers=1)  # a new scan under the old embeddings and dedupe
+    result = runner.invoke(app, ["outliers", "--manifests", str(manifests)])
+    assert result.exit_code == 2
+    assert "dedupe.parquet was made from an older scan.parquet" in result.output
+    embed_manifest(manifests, EmbedConfig(weights="random", image_size=32), workers=0)
+    for stage in ("dedupe", "outliers", "split"):
+        assert runner.invoke(app, [stage, "--manifests", str(manifests)]).exit_code == 0
