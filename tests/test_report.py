@@ -20,7 +20,13 @@ from PIL import Image
 
 from fracture_curate.dedupe import run_dedupe
 from fracture_curate.embed import EmbedConfig, embed_manifest
-from fracture_curate.manifest import ManifestError, manifest_path, read_stage, write_manifest
+from fracture_curate.manifest import (
+    ManifestError,
+    manifest_path,
+    read_provenance,
+    read_stage,
+    write_manifest,
+)
 from fracture_curate.outliers import run_outliers
 from fracture_curate.report import SECTIONS, build_report, planted_vs_found
 from fracture_curate.scan import run_scan
@@ -234,7 +240,14 @@ def test_missing_manifests_and_files_degrade(pipeline, tmp_path):
     scan, provenance = read_stage(pipeline["manifests"], "scan")
     params = provenance["params"] | {"root": str(tmp_path / "moved-away")}
     write_manifest(scan, manifest_path(manifests, "scan"), stage="scan", params=params)
-    shutil.copy(manifest_path(pipeline["manifests"], "dedupe"), manifest_path(manifests, "dedupe"))
+    dedupe, dedupe_provenance = read_stage(pipeline["manifests"], "dedupe")
+    write_manifest(
+        dedupe,
+        manifest_path(manifests, "dedupe"),
+        stage="dedupe",
+        params=dedupe_provenance["params"],
+        inputs={"scan": read_provenance(manifest_path(manifests, "scan"))},
+    )
     report = build_report(manifests, tmp_path / "report.html", max_clusters=2)
     text = report.read_text()
     page = Page(text)
