@@ -23,7 +23,7 @@ import pandas as pd
 
 from fracture_curate.dedupe import DedupeConfig, centred_unit_rows, deduplicate
 from fracture_curate.embed import EmbedConfig, embed_manifest
-from fracture_curate.manifest import manifest_path, read_manifest
+from fracture_curate.manifest import embedding_matrix, manifest_path, read_manifest
 from fracture_curate.outliers import OutlierConfig, score_outliers
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan
@@ -99,8 +99,8 @@ def pair_similarities(
 ) -> pd.DataFrame:
     """Centred cosine and pHash bits between rows named by path (the layers' raw scores)."""
     ok = scan[scan["status"] == "ok"].set_index("path")
-    vectors = embeddings.set_index("image_id").loc[ok["image_id"], "embedding"]
-    unit = pd.Series(list(centred_unit_rows(np.stack(vectors.to_list()))), index=ok.index)
+    vectors = embedding_matrix(embeddings, ok["image_id"])
+    unit = pd.Series(list(centred_unit_rows(vectors)), index=ok.index)
     return pd.DataFrame(
         {
             "cosine": [float(unit[a] @ unit[b]) for a, b in zip(left, right, strict=True)],

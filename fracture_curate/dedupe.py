@@ -17,7 +17,13 @@ from rich.progress import Progress
 
 from fracture_curate.geometry import GEOMETRY_THRESHOLD, neighbour_candidates, verify_pairs
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import ManifestError, manifest_path, read_stage, write_manifest
+from fracture_curate.manifest import (
+    ManifestError,
+    embedding_matrix,
+    manifest_path,
+    read_stage,
+    write_manifest,
+)
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 
 #: Match kinds from the most to the least certain.
@@ -74,11 +80,15 @@ def exact_pairs(keys: pd.Series, kind: str) -> Pairs:
     return Pairs(left, right, np.full(len(left), MATCH_KINDS.index(kind)), np.ones(len(left)))
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row L2-normalised (a new array; all-zero rows stay zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Subtract the mean and L2-normalise each row (float32, a new array)."""
-    centred = vectors.astype(np.float32) - vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    return centred / np.maximum(norms, 1e-12)
+    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return unit_rows(vectors.astype(np.float32) - mean)
 
 
 def cosine_pairs(
@@ -130,17 +140,16 @@ def find_pairs(
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
-    vectors = np.stack(
-        embeddings.set_index("image_id").loc[files["image_id"], "embedding"].to_list()
-    )
+    vectors = embedding_matrix(embeddings, files["image_id"])
     unit = centred_unit_rows(vectors)
     for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
         parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
     if config.geometry and root is not None:
         # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences
         # a turned copy has, and ranked some sources below their copy's 10th neighbour.
-        plain = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        i, j, _ = neighbour_candidates(plain, config.geometry_neighbours, config.geometry_floor)
+        i, j, _ = neighbour_candidates(
+            unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
+        )
         task = progress.add_task("verifying geometry", total=len(files)) if progress else None
         scores = verify_pairs(
             [root / path for path in files["path"]],

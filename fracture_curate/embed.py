@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torchvision
 from PIL import Image
@@ -335,17 +334,6 @@ def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:
     return pa.table(
         {"image_id": pa.array(frame["image_id"].to_list(), pa.string()), "embedding": embedding}
     )
-
-
-def read_embeddings(directory: str | Path) -> tuple[list[str], np.ndarray]:
-    """The image ids and an N x D float32 matrix from ``DIR/embeddings.parquet``."""
-    path = manifest_path(directory, "embed")
-    read_provenance(path)  # a clear error when missing or not ours
-    table = pq.read_table(path)
-    vectors = table["embedding"].combine_chunks()
-    dim = vectors.type.list_size
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return table["image_id"].to_pylist(), matrix
 
 
 def same_embedding(a: dict[str, Any], b: dict[str, Any]) -> bool:

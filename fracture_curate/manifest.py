@@ -11,12 +11,13 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,6 +126,12 @@ def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[st
                 f"run `curate {stage}` again"
             )
     return frame, provenance
+
+
+def embedding_matrix(embeddings: pd.DataFrame, image_ids: Sequence[str]) -> np.ndarray:
+    """The rows of an ``embeddings.parquet`` table for ``image_ids``, in that order: N x D."""
+    vectors = embeddings.set_index("image_id").loc[list(image_ids), "embedding"]
+    return np.stack(vectors.to_list())
 
 
 def read_manifest(

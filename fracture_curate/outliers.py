@@ -14,7 +14,8 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
-from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+from fracture_curate.dedupe import unit_rows
+from fracture_curate.manifest import embedding_matrix, manifest_path, read_stage, write_manifest
 
 OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
 MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
@@ -42,7 +43,7 @@ def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.nda
     Forest. They are not normalised after centring, as dedupe does: that would erase the distance
     from the crowd that makes an outlier.
     """
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(vectors)
     components = config.components if config.components < 1 else int(config.components)
     if isinstance(components, int):
         components = min(components, *unit.shape)
@@ -85,8 +86,7 @@ def score_outliers(
     files = usable.drop_duplicates("image_id")
     if len(files) < 3:
         return result
-    vectors = embeddings.set_index("image_id").loc[files["image_id"], "embedding"]
-    matrix = np.stack(vectors.to_list())
+    matrix = embedding_matrix(embeddings, files["image_id"])
     scores, flags = isolation_scores(matrix, config)
     if config.per_class:
         labels = files["label"].fillna("(none)").to_numpy()

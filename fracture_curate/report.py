@@ -25,9 +25,16 @@ from PIL import Image, ImageDraw
 from sklearn.decomposition import PCA
 
 from fracture_curate import __version__
-from fracture_curate.dedupe import leakage, summarise_dedupe
+from fracture_curate.dedupe import leakage, summarise_dedupe, unit_rows
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8
-from fracture_curate.manifest import STAGES, ManifestError, atomic_path, manifest_path, read_stage
+from fracture_curate.manifest import (
+    STAGES,
+    ManifestError,
+    atomic_path,
+    embedding_matrix,
+    manifest_path,
+    read_stage,
+)
 from fracture_curate.scan import summarise_scan
 from fracture_curate.split import split_summary, straddling_groups
 from fracture_curate.synthetic import PLANTED_CSV, PLANTED_KINDS
@@ -378,10 +385,7 @@ def _map_section(inputs: _Inputs) -> str:
     ].drop_duplicates("image_id")
     if len(points) < 3:
         return _note("Fewer than three embedded images: nothing to map.")
-    vectors = np.stack(
-        inputs.embeddings.set_index("image_id").loc[points["image_id"], "embedding"].to_list()
-    ).astype(np.float64)
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(embedding_matrix(inputs.embeddings, points["image_id"]).astype(np.float64))
     pca = PCA(n_components=2, random_state=0)
     xy = pca.fit_transform(unit)
     labels = points["label"].fillna("(none)").to_numpy(dtype=object)

@@ -22,9 +22,8 @@ from fracture_curate.embed import (
     MobileNetV2Embedder,
     embed_manifest,
     preprocess,
-    read_embeddings,
 )
-from fracture_curate.manifest import read_provenance
+from fracture_curate.manifest import embedding_matrix, read_manifest, read_provenance
 from fracture_curate.scan import run_scan
 from fracture_curate.weights import IMAGENET_SHA256, WeightsError, resolve_weights
 
@@ -34,6 +33,13 @@ FAST = EmbedConfig(weights="random", image_size=64)
 
 def scan_into(data, manifests):
     return run_scan(data, manifests, workers=1).frame
+
+
+def read_embeddings(manifests):
+    """Image ids and the N x D matrix of ``manifests/embeddings.parquet``, as a user reads it."""
+    table = read_manifest(manifests / "embeddings.parquet", stage="embed")
+    ids = table["image_id"].tolist()
+    return ids, embedding_matrix(table, ids)
 
 
 def cosine(a, b):
