@@ -20,9 +20,8 @@ from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import (
     ManifestError,
     embedding_matrix,
-    manifest_path,
     read_stage,
-    write_manifest,
+    write_stage,
 )
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 
@@ -312,7 +311,5 @@ def run_dedupe(
         embeddings, inputs["embed"] = read_stage(directory, "embed")
     frame = deduplicate(scan, embeddings, config, root=root, progress=progress)
     params = asdict(config) | {"root": str(root)}
-    write_manifest(
-        frame, manifest_path(directory, "dedupe"), stage="dedupe", params=params, inputs=inputs
-    )
+    write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
     return frame

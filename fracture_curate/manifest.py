@@ -96,6 +96,22 @@ def write_manifest(
     return Path(path)
 
 
+def write_stage(
+    frame: pd.DataFrame,
+    directory: str | Path,
+    stage: str,
+    *,
+    params: dict[str, Any],
+    inputs: dict[str, dict[str, Any]],
+) -> Path:
+    """Write a stage's manifest into ``directory``, recording its inputs and carrying the
+    dataset root forward from them (``params["root"]`` overrides it)."""
+    roots = (given["params"].get("root") for given in inputs.values())
+    params = {"root": next((root for root in roots if root), None)} | params
+    path = manifest_path(directory, stage)
+    return write_manifest(frame, path, stage=stage, params=params, inputs=inputs)
+
+
 def read_provenance(path: str | Path) -> dict[str, Any]:
     """The stage, parameters and tool version stored in a manifest's metadata."""
     try:

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
 from fracture_curate.dedupe import unit_rows
-from fracture_curate.manifest import embedding_matrix, manifest_path, read_stage, write_manifest
+from fracture_curate.manifest import embedding_matrix, read_stage, write_stage
 
 OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
 MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
@@ -105,12 +105,6 @@ def run_outliers(directory: str | Path, config: OutlierConfig = OutlierConfig())
     frame, provenance = read_stage(directory, "dedupe")
     embeddings, embed_provenance = read_stage(directory, "embed")
     scored = score_outliers(frame, embeddings, config)
-    params = asdict(config) | {"root": provenance["params"].get("root")}
-    write_manifest(
-        scored,
-        manifest_path(directory, "outliers"),
-        stage="outliers",
-        params=params,
-        inputs={"dedupe": provenance, "embed": embed_provenance},
-    )
+    inputs = {"dedupe": provenance, "embed": embed_provenance}
+    write_stage(scored, directory, "outliers", params=asdict(config), inputs=inputs)
     return scored

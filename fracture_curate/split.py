@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+from fracture_curate.manifest import read_stage, write_stage
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS: dict[str, str] = {
@@ -144,12 +144,5 @@ def run_split(directory: str | Path, config: SplitConfig = SplitConfig()) -> pd.
     """Read ``outliers``, split, write ``split.parquet``."""
     frame, provenance = read_stage(directory, "outliers")
     result = make_split(frame, config)
-    params = asdict(config) | {"root": provenance["params"].get("root")}
-    write_manifest(
-        result,
-        manifest_path(directory, "split"),
-        stage="split",
-        params=params,
-        inputs={"outliers": provenance},
-    )
+    write_stage(result, directory, "split", params=asdict(config), inputs={"outliers": provenance})
     return result
