@@ -26,6 +26,7 @@ from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import embedding_matrix, manifest_path, read_manifest
 from fracture_curate.outliers import OutlierConfig, score_outliers
 from fracture_curate.phash import phash_distance
+from fracture_curate.report import planted_vs_found
 from fracture_curate.scan import run_scan
 from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
 
@@ -62,25 +63,15 @@ def grouped_pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def evaluate(frame: pd.DataFrame, planted: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Recall per planted kind, and pair precision (pairs from different originals are wrong)."""
+    """Recall per planted kind (the report's planted-vs-found rules), and pair precision
+    (grouped pairs from different originals are wrong)."""
+    found = planted_vs_found(planted, frame)
+    recall = found.loc[found.index.isin(TARGETS), ["planted", "found"]].astype(int)
+    recall["recall"] = recall["found"] / recall["planted"]
+    recall["target"] = [TARGETS[kind] for kind in recall.index]
     planted = planted.set_index("path")
     family = planted["source_path"].fillna(pd.Series(planted.index, index=planted.index))
     by_path = frame.set_index("path")
-    rows = []
-    for kind in (*DUPLICATE_KINDS, "outlier"):
-        members = planted[planted["kind"] == kind]
-        if members.empty:
-            continue
-        if kind == "outlier":
-            found = by_path.loc[members.index, "is_outlier"].fillna(False).astype(bool)
-        else:
-            clusters = by_path.loc[members.index, "cluster_id"].to_numpy()
-            sources = by_path.loc[members["source_path"], "cluster_id"].to_numpy()
-            found = pd.Series(clusters == sources)
-        rows.append({"kind": kind, "planted": len(members), "found": int(found.sum())})
-    recall = pd.DataFrame(rows, columns=["kind", "planted", "found"]).set_index("kind")
-    recall["recall"] = recall["found"] / recall["planted"]
-    recall["target"] = [TARGETS[kind] for kind in recall.index]
     pairs = grouped_pairs(frame)
     wrong = sum(family.get(a, a) != family.get(b, b) for a, b in pairs)
     originals = planted["kind"] == "original"

@@ -157,7 +157,8 @@ def planted_vs_found(record: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
                 "missed (first 3)": " | ".join(missed[:3]),
             }
         )
-    return pd.DataFrame(table).set_index("kind")
+    columns = ["kind", "planted", "found", "found when", "missed (first 3)"]
+    return pd.DataFrame(table, columns=columns).set_index("kind")
 
 
 # --------------------------------------------------------------------------------------

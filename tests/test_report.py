@@ -225,6 +225,12 @@ def test_planted_against_found_before_dedupe(pipeline):
     assert table.loc["corrupt", "found"] == 1
 
 
+def test_a_set_with_nothing_planted_has_an_empty_table(pipeline):
+    originals = pipeline["record"][pipeline["record"]["kind"] == "original"]
+    table = planted_vs_found(originals, pipeline["frame"])
+    assert table.empty and "found" in table.columns
+
+
 def test_paths_are_escaped(pipeline):
     text = pipeline["html"]
     escaped = html.escape(f"train/fractured/{ODD_NAME}", quote=True)
