@@ -24,7 +24,7 @@ import pandas as pd
 from fracture_curate.dedupe import DedupeConfig, centred_unit_rows, deduplicate
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import embedding_matrix, manifest_path, read_manifest
-from fracture_curate.outliers import OutlierConfig, score_outliers
+from fracture_curate.outliers import OutlierConfig, parse_contamination, score_outliers
 from fracture_curate.phash import phash_distance
 from fracture_curate.report import planted_vs_found
 from fracture_curate.scan import run_scan
@@ -169,9 +169,7 @@ def main() -> None:
     dedupe = replace(
         DedupeConfig(), phash_radius=args.phash_radius, cosine_threshold=args.cosine_threshold
     )
-    level = args.contamination
-    level = level if level in ("robust", "auto") else float(level)
-    outliers = replace(OutlierConfig(), contamination=level)
+    outliers = replace(OutlierConfig(), contamination=parse_contamination(args.contamination))
     recall, scores, scores_b = run(dedupe, outliers, args.per_class, args.alike, args.seed)
     print(f"\nthresholds: {dedupe}\n            {outliers}")
     print("\nSet A: planted problems")

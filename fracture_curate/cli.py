@@ -14,7 +14,7 @@ from fracture_curate.display import clean_errors, console, frame_table, make_pro
 from fracture_curate.images import DEFAULT_MAX_PIXELS
 from fracture_curate.layouts import LAYOUTS, LayoutError
 from fracture_curate.manifest import ManifestError, manifest_path
-from fracture_curate.outliers import OutlierConfig, run_outliers
+from fracture_curate.outliers import OutlierConfig, parse_contamination, run_outliers
 from fracture_curate.scan import DEFAULT_FORMATS, run_scan, summarise_scan
 from fracture_curate.split import (
     SplitConfig,
@@ -297,9 +297,11 @@ def outliers(
     Outliers are flagged only; `curate split --drop-outliers` leaves them out of the split.
     """
     with clean_errors(ManifestError, OSError, ValueError):
-        level = contamination if contamination in ("robust", "auto") else float(contamination)
         config = OutlierConfig(
-            components=components, contamination=level, per_class=per_class, seed=seed
+            components=components,
+            contamination=parse_contamination(contamination),
+            per_class=per_class,
+            seed=seed,
         )
         frame = run_outliers(manifests, config)
     flagged = frame[frame["is_outlier"].fillna(False).astype(bool)]

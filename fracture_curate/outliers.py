@@ -36,6 +36,21 @@ class OutlierConfig:
     seed: int = 0
 
 
+def parse_contamination(text: str) -> float | str:
+    """``robust``, ``auto`` or an expected outlier fraction in (0, 0.5], from a command line."""
+    if text in ("robust", "auto"):
+        return text
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 0.5:
+        raise ValueError(
+            f"--contamination must be 'robust', 'auto' or a fraction in (0, 0.5], got {text!r}"
+        )
+    return fraction
+
+
 def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.ndarray, np.ndarray]:
     """Outlier scores (higher is stranger) and flags for rows of ``vectors``.
 

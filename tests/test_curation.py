@@ -219,8 +219,11 @@ def test_cli_runs_the_stages_in_order_with_clear_errors(planted, tmp_path):
     assert len(split) == len(planted["scan"])
     provenance = read_provenance(manifest_path(manifests, "split"))
     assert provenance["params"]["seed"] == 0 and provenance["params"]["root"]
-    wrong = runner.invoke(app, ["outliers", "--manifests", str(manifests), "--contamination", "x"])
-    assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+    for level in ("x", "0.9"):
+        command = ["outliers", "--manifests", str(manifests), "--contamination", level]
+        wrong = runner.invoke(app, command)
+        assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+        assert "--contamination must be 'robust', 'auto' or a fraction" in wrong.output
 
 
 def test_dedupe_without_embeddings_still_finds_exact_and_flipped(planted):
