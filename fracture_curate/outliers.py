@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
 
 from fracture_curate.dedupe import unit_rows
 from fracture_curate.manifest import embedding_matrix, read_stage, write_stage
@@ -58,6 +56,10 @@ def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.nda
     Forest. They are not normalised after centring, as dedupe does: that would erase the distance
     from the crowd that makes an outlier.
     """
+    # scikit-learn costs most of a second to import: only commands that score pay for it.
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import IsolationForest
+
     unit = unit_rows(vectors)
     components = config.components if config.components < 1 else int(config.components)
     if isinstance(components, int):

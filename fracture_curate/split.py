@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import read_stage, write_stage
@@ -74,6 +73,8 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -
     ``round((train + val) / val)`` folds of the rest, so fractions are close to, not exactly,
     the ones asked for.
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # slow to import: only when used
+
     total = config.train + config.val + config.test
     assigned = np.full(len(labels), "train", dtype=object)
     remaining = np.arange(len(labels))
