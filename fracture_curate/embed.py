@@ -287,10 +287,7 @@ def _embed_into_parts(
     failed: dict[str, str] = {}
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
-    # On the CPU, decoding workers and the model share the cores: oversubscribing them makes
-    # PyTorch's thread pool spin and slows everything down many times.
-    threads = torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
-    with torch_threads(threads):
+    with torch_threads(model_threads(on_cuda, workers)):
         for indices, vectors, failures in embed_batches(model, loader, device):
             failed.update({ids[index]: reason for index, reason in failures.items()})
             if indices:
@@ -304,6 +301,15 @@ def _embed_into_parts(
     if pending_ids:
         parts.write(pending_ids, np.concatenate(pending_vectors))
     return failed
+
+
+def model_threads(on_cuda: bool, workers: int) -> int:
+    """Intra-op threads for the model: on a CPU, the cores the loader processes leave free.
+
+    Oversubscribed cores make PyTorch's thread pool spin: forward passes ran up to 100 times
+    slower with a decoding process competing for two cores.
+    """
+    return torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
 
 
 @contextmanager

@@ -352,12 +352,6 @@ def loader_workers(requested: int | None, on_cuda: bool, cache: str) -> int:
     return default_workers(on_cuda) if on_cuda or cache == "none" else 0
 
 
-def model_threads(on_cuda: bool, workers: int) -> int:
-    """Intra-op threads for the model: on a CPU, the cores the loader processes leave free
-    (oversubscribed cores make PyTorch's thread pool spin and slow everything down)."""
-    return torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
-
-
 def fill_workers(requested: int | None) -> int:
     """Decoding processes for filling a cache: ``requested``, else every core (nothing else
     runs meanwhile)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from fracture_curate.embed import resolve_device, torch_threads
+from fracture_curate.embed import model_threads, resolve_device, torch_threads
 from fracture_curate.manifest import write_manifest
 from fracture_train.checkpoint import BEST, load_model, write_json
 from fracture_train.data import (
@@ -27,7 +27,6 @@ from fracture_train.data import (
     load_evaluation_rows,
     loader_workers,
     make_loader,
-    model_threads,
 )
 from fracture_train.engine import Runtime, predict
 from fracture_train.metrics import DEFAULT_THRESHOLD, classification_report, predict_labels

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from fracture_curate import __version__
-from fracture_curate.embed import resolve_device, torch_threads
+from fracture_curate.embed import model_threads, resolve_device, torch_threads
 from fracture_curate.manifest import atomic_path, read_provenance
 from fracture_train.checkpoint import (
     BEST,
@@ -49,7 +49,6 @@ from fracture_train.data import (
     load_training_rows,
     loader_workers,
     make_loader,
-    model_threads,
 )
 from fracture_train.engine import (
     OPTIMIZERS,
