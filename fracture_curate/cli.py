@@ -153,7 +153,11 @@ def embed(
     ] = 0,
     workers: Annotated[
         int,
-        typer.Option(help="Decoding processes (-1: none on CPU, one per core on CUDA).", min=-1),
+        typer.Option(
+            help="Worker processes (-1: one per core). On a CPU each decodes and embeds batches "
+            "of its own on one thread; on CUDA they decode for the GPU. 0: all in this process.",
+            min=-1,
+        ),
     ] = -1,
     root: RootOption = None,
     checkpoint_every: Annotated[

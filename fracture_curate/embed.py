@@ -166,20 +166,77 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def embed_batch(
+    model: nn.Module, batch: dict[str, Any], device: torch.device
+) -> tuple[list[int], np.ndarray, dict[int, str]]:
+    """Run ``model`` on one collated batch: (dataset indices, float32 vectors, failures)."""
+    vectors = np.empty((0, 0), dtype=np.float32)
+    if batch["images"] is not None:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        with torch.inference_mode(), autocast:
+            images = batch["images"].to(device, non_blocking=True)
+            vectors = model(images).float().cpu().numpy()
+    return batch["indices"], vectors, batch["failures"]
+
+
+class EmbeddedBatches(Dataset):
+    """Whole batches decoded *and embedded* by whoever fetches them: a DataLoader worker process
+    (one intra-op thread each, as PyTorch sets in its workers) or the main process."""
+
+    def __init__(self, files: ImageFiles, batch_size: int, model: nn.Module) -> None:
+        self.files, self.batch_size, self.model = files, batch_size, model
+
+    def __len__(self) -> int:
+        return -(-len(self.files) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        start = index * self.batch_size
+        stop = min(start + self.batch_size, len(self.files))
+        batch = collate([self.files[position] for position in range(start, stop)])
+        return embed_batch(self.model, batch, torch.device("cpu"))
+
+
 def embed_batches(
     model: nn.Module,
-    loader: DataLoader,
+    files: ImageFiles,
     device: torch.device,
+    *,
+    batch_size: int,
+    workers: int,
 ) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
-    """Run ``model`` over ``loader``: (dataset indices, float32 vectors, failures) per batch."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    """Embed ``files`` in order: (dataset indices, float32 vectors, failures) per batch.
+
+    On CUDA the worker processes decode and the main process runs the model. On a CPU each
+    worker decodes and embeds batches of its own with one thread: data parallelism across cores
+    beats feeding one model on every core, whose threads the decoding would interrupt
+    (benchmarks/README.md).
+    """
+    if device.type == "cpu" and workers > 0:
+        loader = DataLoader(
+            EmbeddedBatches(files, batch_size, model),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_unchanged,
+            prefetch_factor=2,
+        )
+        yield from loader
+        return
+    on_cuda = device.type == "cuda"
+    loader = DataLoader(
+        files,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+    )
+    with torch_threads(model_threads(on_cuda, workers)):
         for batch in loader:
-            vectors = np.empty((0, 0), dtype=np.float32)
-            if batch["images"] is not None:
-                images = batch["images"].to(device, non_blocking=True)
-                vectors = model(images).float().cpu().numpy()
-            yield batch["indices"], vectors, batch["failures"]
+            yield embed_batch(model, batch, device)
+
+
+def _unchanged(item: Any) -> Any:
+    return item
 
 
 def embed_manifest(
@@ -274,30 +331,26 @@ def _embed_into_parts(
 ) -> dict[str, str]:
     """Embed ``files`` into part files every ``checkpoint_every`` images; returns the failures."""
     on_cuda = device.type == "cuda"
-    batch_size = batch_size or default_batch_size(on_cuda)
-    workers = default_workers(on_cuda) if workers is None else workers
-    loader = DataLoader(
+    batches = embed_batches(
+        model,
         files,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=on_cuda,
-        prefetch_factor=4 if workers else None,
+        device,
+        batch_size=batch_size or default_batch_size(on_cuda),
+        workers=embed_workers() if workers is None else workers,
     )
     failed: dict[str, str] = {}
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
-    with torch_threads(model_threads(on_cuda, workers)):
-        for indices, vectors, failures in embed_batches(model, loader, device):
-            failed.update({ids[index]: reason for index, reason in failures.items()})
-            if indices:
-                pending_ids.extend(ids[indices])
-                pending_vectors.append(vectors)
-            if len(pending_ids) >= checkpoint_every:
-                parts.write(pending_ids, np.concatenate(pending_vectors))
-                pending_ids, pending_vectors = [], []
-            if on_batch is not None:
-                on_batch(len(indices) + len(failures))
+    for indices, vectors, failures in batches:
+        failed.update({ids[index]: reason for index, reason in failures.items()})
+        if indices:
+            pending_ids.extend(ids[indices])
+            pending_vectors.append(vectors)
+        if len(pending_ids) >= checkpoint_every:
+            parts.write(pending_ids, np.concatenate(pending_vectors))
+            pending_ids, pending_vectors = [], []
+        if on_batch is not None:
+            on_batch(len(indices) + len(failures))
     if pending_ids:
         parts.write(pending_ids, np.concatenate(pending_vectors))
     return failed
@@ -323,10 +376,17 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def embed_workers() -> int:
+    """Processes for ``curate embed``: one per core (at most 16). On CUDA they decode; on a CPU
+    each also runs the model on its own batches."""
+    return min(os.cpu_count() or 1, 16)
+
+
 def default_workers(on_cuda: bool) -> int:
-    """Decoding processes. On a CPU-only machine the model needs every core, and decoding in
-    the main process between batches measured fastest (benchmarks/README.md)."""
-    return min(os.cpu_count() or 1, 16) if on_cuda else 0
+    """Decoding processes feeding a model in the main process (the trainer's loaders): none on
+    a CPU-only machine, where the model needs every core and decoding between batches measured
+    fastest (benchmarks/README.md)."""
+    return embed_workers() if on_cuda else 0
 
 
 def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:

@@ -92,8 +92,21 @@ def write_manifest(
     metadata[METADATA_KEY] = json.dumps(provenance, default=str).encode()
     table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as temp:
-        pq.write_table(table, temp, compression="zstd")
+        pq.write_table(table, temp, compression="zstd", use_dictionary=_dictionary_columns(table))
     return Path(path)
+
+
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    """Columns worth dictionary-encoding: all but floating-point ones (embeddings above all),
+    whose values rarely repeat, so trying a dictionary only slows the write (4x for vectors)."""
+    return [field.name for field in table.schema if not _is_floating(field.type)]
+
+
+def _is_floating(kind: pa.DataType) -> bool:
+    """Floats, or lists of them."""
+    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _is_floating(kind.value_type)
+    return pa.types.is_floating(kind)
 
 
 def write_stage(

@@ -111,7 +111,7 @@ def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
         save_gray(data / f"a/{index:03d}.png", noise_image(index, size=(96, 96)))
     scan_into(data, manifests)
     command = [sys.executable, "-m", "fracture_curate.cli", "embed", "--manifests", str(manifests)]
-    command += ["--weights", "random", "--image-size", "64", "--batch-size", "4", "--workers", "0"]
+    command += ["--weights", "random", "--image-size", "64", "--batch-size", "4", "--workers", "2"]
     command += ["--checkpoint-every", "8", "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = manifests / ".embeddings.parts"
@@ -132,6 +132,27 @@ def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
     clean_ids, clean_vectors = read_embeddings(clean)
     assert ids == clean_ids
     np.testing.assert_allclose(vectors, clean_vectors, rtol=1e-4, atol=1e-4)
+
+
+def test_worker_processes_embed_exactly_as_the_main_process(tmp_path):
+    """On a CPU each worker decodes and embeds its own batches; order, vectors and failures
+    must not depend on it."""
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(9):  # two full batches of 4 and a partial one
+        save_gray(data / f"a/{index}.png", noise_image(index, size=(70, 90)))
+    colour = np.random.default_rng(5).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(data / "a/colour.jpg")
+    scan_into(data, manifests)
+    (data / "a/4.png").write_bytes(b"replaced after the scan")
+    results = {}
+    for workers in (0, 2):
+        result = embed_manifest(manifests, FAST, device="cpu", workers=workers)
+        results[workers] = (result.failed, *read_embeddings(manifests))
+        (manifests / "embeddings.parquet").unlink()
+    (failed, ids, vectors), (failed_2, ids_2, vectors_2) = results[0], results[2]
+    assert list(failed.values()) == list(failed_2.values()) and len(failed) == 1
+    assert ids == ids_2 and len(ids) == 9
+    np.testing.assert_allclose(vectors, vectors_2, rtol=1e-4, atol=1e-5)
 
 
 def test_corrupt_weights_give_a_clear_error(tmp_path, monkeypatch):
