@@ -23,14 +23,8 @@ from phantoms import OUT, make_images
 from PIL import Image
 from torchvision import transforms
 
-from fracture_curate.embed import (
-    EmbedConfig,
-    default_batch_size,
-    embed_manifest,
-    embed_workers,
-    inference_model,
-    resolve_device,
-)
+from fracture_curate.embed import EmbedConfig, default_batch_size, embed_manifest, inference_model
+from fracture_curate.runtime import core_workers, resolve_device, retain_freed_memory
 from fracture_curate.scan import run_scan
 from fracture_curate.weights import resolve_weights
 
@@ -116,12 +110,15 @@ def main() -> None:
 
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
+    # curate embed keeps freed memory on a CPU; every measure here runs under the same setting.
+    retained = not on_cuda and retain_freed_memory()
     batch_size = args.batch_size or default_batch_size(on_cuda)
     jpeg = make_images("embed_jpeg", args.images, args.size)
     png = make_images("embed_png", args.png, args.size, png_fraction=1.0)
     name = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()
     print(f"device: {name}; torch {torch.__version__}; {os.cpu_count()} cores")
-    print(f"batch {batch_size}, {embed_workers()} worker processes, {args.size}px inputs")
+    print(f"batch {batch_size}, {core_workers()} worker processes, {args.size}px inputs")
+    print(f"freed memory retained (glibc mallopt) for every measure: {retained}")
 
     ceilings = {"(a) model alone, one process, all cores": model_alone(device, batch_size)}
     if not on_cuda:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from phantoms import OUT, make_images
 
-from fracture_curate.embed import resolve_device, torch_threads
+from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -33,7 +33,6 @@ from fracture_train.data import (
     fill_workers,
     loader_workers,
     make_loader,
-    model_threads,
 )
 from fracture_train.engine import Criterion, Runtime, make_optimizer, train_epoch, train_step
 from fracture_train.models import create_model

@@ -7,10 +7,8 @@ part; the next run embeds only what is missing and consolidates everything into
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
-from torch.fx.experimental.optimization import fuse
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import DataLoader, Dataset
 
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8, to_uint8
@@ -32,6 +30,14 @@ from fracture_curate.manifest import (
     read_manifest,
     read_provenance,
     write_manifest,
+)
+from fracture_curate.runtime import (
+    core_workers,
+    model_threads,
+    resolve_device,
+    retain_freed_memory,
+    torch_threads,
+    worker_init_fn,
 )
 from fracture_curate.weights import IMAGENET, resolve_weights
 
@@ -148,22 +154,25 @@ def inference_model(
 ) -> nn.Module:
     """The embedder ready for inference: batch norms folded into the convolutions (which alone
     doubles CPU throughput), channels-last, on ``device``."""
-    model = fuse(MobileNetV2Embedder(state_dict, layer).eval())
+    model = fold_batch_norms(MobileNetV2Embedder(state_dict, layer).eval())
     return model.to(device, memory_format=torch.channels_last)
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold, in place, every BatchNorm2d that follows a Conv2d in a Sequential into that
+    convolution (inference only: the norms' running statistics become constants)."""
+    for sequence in [module for module in model.modules() if isinstance(module, nn.Sequential)]:
+        for index in reversed(range(len(sequence) - 1)):
+            conv, norm = sequence[index], sequence[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                sequence[index] = fuse_conv_bn_eval(conv, norm)
+                del sequence[index + 1]
+    return model
 
 
 def default_batch_size(on_cuda: bool) -> int:
     """Small batches on the CPU, where MobileNetV2's activations then stay in cache."""
     return 256 if on_cuda else 4
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def embed_batch(
@@ -218,6 +227,7 @@ def embed_batches(
             num_workers=workers,
             collate_fn=_unchanged,
             prefetch_factor=2,
+            worker_init_fn=worker_init_fn(),
         )
         yield from loader
         return
@@ -229,6 +239,7 @@ def embed_batches(
         collate_fn=collate,
         pin_memory=on_cuda,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn(),
     )
     with torch_threads(model_threads(on_cuda, workers)):
         for batch in loader:
@@ -282,6 +293,8 @@ def embed_manifest(
         on_start(len(todo))
     failed: dict[str, str] = {}
     if len(todo):
+        if torch_device.type == "cpu":
+            retain_freed_memory()  # steadies CPU forward passes (the workers inherit it)
         with torch.random.fork_rng():
             torch.manual_seed(0)  # random weights (tests) are the same in every run
             model = inference_model(weights.state_dict, config.layer, torch_device)
@@ -336,7 +349,7 @@ def _embed_into_parts(
         files,
         device,
         batch_size=batch_size or default_batch_size(on_cuda),
-        workers=embed_workers() if workers is None else workers,
+        workers=core_workers() if workers is None else workers,
     )
     failed: dict[str, str] = {}
     pending_ids: list[str] = []
@@ -354,39 +367,6 @@ def _embed_into_parts(
     if pending_ids:
         parts.write(pending_ids, np.concatenate(pending_vectors))
     return failed
-
-
-def model_threads(on_cuda: bool, workers: int) -> int:
-    """Intra-op threads for the model: on a CPU, the cores the loader processes leave free.
-
-    Oversubscribed cores make PyTorch's thread pool spin: forward passes ran up to 100 times
-    slower with a decoding process competing for two cores.
-    """
-    return torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` intra-op threads, restoring the previous setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def embed_workers() -> int:
-    """Processes for ``curate embed``: one per core (at most 16). On CUDA they decode; on a CPU
-    each also runs the model on its own batches."""
-    return min(os.cpu_count() or 1, 16)
-
-
-def default_workers(on_cuda: bool) -> int:
-    """Decoding processes feeding a model in the main process (the trainer's loaders): none on
-    a CPU-only machine, where the model needs every core and decoding between batches measured
-    fastest (benchmarks/README.md)."""
-    return embed_workers() if on_cuda else 0
 
 
 def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:

@@ -20,16 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from fracture_curate.embed import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFiles,
-    collate,
-    default_workers,
-    preprocess,
-)
+from fracture_curate.embed import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, collate, preprocess
 from fracture_curate.images import ImageLoadError
 from fracture_curate.manifest import atomic_path, read_manifest, read_provenance
+from fracture_curate.runtime import default_workers, worker_init_fn
 
 REQUIRED_COLUMNS = ("image_id", "path", "label", "split", "status")
 SPLITS = ("train", "val", "test")
@@ -301,6 +295,7 @@ class ImageStore:
             batch_size=32,
             num_workers=workers,
             collate_fn=collate,
+            worker_init_fn=worker_init_fn(),
         )
         failures: dict[int, str] = {}
         for batch in loader:
@@ -445,4 +440,5 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=training and len(dataset) > batch_size,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=worker_init_fn(),
     )

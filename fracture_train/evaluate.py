@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from fracture_curate.embed import model_threads, resolve_device, torch_threads
 from fracture_curate.manifest import write_manifest
+from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_train.checkpoint import BEST, load_model, write_json
 from fracture_train.data import (
     ImageDataset,

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from fracture_curate import __version__
-from fracture_curate.embed import model_threads, resolve_device, torch_threads
 from fracture_curate.manifest import atomic_path, read_provenance
+from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_train.checkpoint import (
     BEST,
     CONFIG_FILE,

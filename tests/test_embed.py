@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from fracture_curate.embed import (
     EmbedConfig,
     MobileNetV2Embedder,
     embed_manifest,
+    inference_model,
     preprocess,
 )
 from fracture_curate.manifest import embedding_matrix, read_manifest, read_provenance
@@ -42,6 +44,21 @@ def read_embeddings(manifests):
     return ids, embedding_matrix(table, ids)
 
 
+def processes_running(argument):
+    """PIDs of live (not zombie) processes whose command line holds ``argument`` (Linux)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or argument not in (entry / "cmdline").read_text():
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # the process ended meanwhile
+            continue
+        if state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 def cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
@@ -60,6 +77,16 @@ def test_real_imagenet_weights_recognise_a_coffee_cup():
         logits = model(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     # ImageNet classes 504 coffee mug, 967 espresso, 968 cup.
     assert int(logits.argmax()) in {504, 967, 968}
+
+
+def test_inference_model_folds_every_batch_norm_and_keeps_the_outputs():
+    state_dict = resolve_weights("imagenet", allow_download=False).state_dict
+    reference = MobileNetV2Embedder(state_dict).eval()
+    folded = inference_model(state_dict, "pool", torch.device("cpu"))
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    images = torch.from_numpy(noise_image(3, size=(2 * 3 * 64, 64))).view(2, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(images), reference(images), rtol=1e-3, atol=1e-4)
 
 
 def test_identical_and_reencoded_radiographs_embed_alike(tmp_path, ankle_radiograph):
@@ -122,6 +149,11 @@ def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (manifests / "embeddings.parquet").exists()
+    if sys.platform == "linux":  # the worker processes die with it rather than linger
+        deadline = time.monotonic() + 10
+        while processes_running(str(manifests)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not processes_running(str(manifests))
     resumed = embed_manifest(manifests, FAST, workers=0, checkpoint_every=8)
     assert resumed.reused >= 16 and resumed.reused + resumed.embedded == 120
     assert not parts.exists()
