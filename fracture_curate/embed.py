@@ -7,6 +7,7 @@ part; the next run embeds only what is missing and consolidates everything into
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -189,14 +190,14 @@ def embed_batch(
 
 
 class EmbeddedBatches(Dataset):
-    """Whole batches decoded *and embedded* by whoever fetches them: a DataLoader worker process
-    (one intra-op thread each, as PyTorch sets in its workers) or the main process."""
+    """Whole batches, decoded *and embedded* in the DataLoader worker process that fetches them
+    (on one intra-op thread, which PyTorch sets in its workers)."""
 
     def __init__(self, files: ImageFiles, batch_size: int, model: nn.Module) -> None:
         self.files, self.batch_size, self.model = files, batch_size, model
 
     def __len__(self) -> int:
-        return -(-len(self.files) // self.batch_size)
+        return math.ceil(len(self.files) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[list[int], np.ndarray, dict[int, str]]:
         start = index * self.batch_size
