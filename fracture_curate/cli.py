@@ -10,7 +10,13 @@ import typer
 
 from fracture_curate import __version__
 from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
-from fracture_curate.display import clean_errors, console, frame_table, make_progress
+from fracture_curate.display import (
+    clean_errors,
+    console,
+    error_console,
+    frame_table,
+    make_progress,
+)
 from fracture_curate.images import DEFAULT_MAX_PIXELS
 from fracture_curate.layouts import LAYOUTS, LayoutError
 from fracture_curate.manifest import ManifestError, manifest_path
@@ -174,19 +180,28 @@ def embed(
 
     with clean_errors(ValueError, ManifestError, WeightsError, OSError):
         config = EmbedConfig(layer=layer, image_size=image_size, resize=resize, weights=weights)
-        with make_progress("img") as progress:
-            tasks = []
-            result = embed_manifest(
-                manifests,
-                config,
-                root=root,
-                device=device,
-                batch_size=batch_size or None,
-                workers=None if workers < 0 else workers,
-                checkpoint_every=checkpoint_every,
-                on_start=lambda total: tasks.append(progress.add_task("embedding", total=total)),
-                on_batch=lambda n: progress.advance(tasks[0], n),
+        try:
+            with make_progress("img") as progress:
+                tasks = []
+                result = embed_manifest(
+                    manifests,
+                    config,
+                    root=root,
+                    device=device,
+                    batch_size=batch_size or None,
+                    workers=None if workers < 0 else workers,
+                    checkpoint_every=checkpoint_every,
+                    on_start=lambda total: tasks.append(
+                        progress.add_task("embedding", total=total)
+                    ),
+                    on_batch=lambda n: progress.advance(tasks[0], n),
+                )
+        except KeyboardInterrupt:
+            error_console.print(
+                "[bold red]interrupted:[/] the embeddings saved so far are kept; "
+                "the same command goes on from them"
             )
+            raise typer.Exit(code=130) from None
     params = result.params
     console.print(
         f"weights: {params['weights']} (sha256 {str(params['weights_sha256'])[:12]}...), "

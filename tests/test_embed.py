@@ -132,7 +132,12 @@ def test_rerun_embeds_only_what_is_missing(tmp_path):
     assert (changed.reused, changed.embedded) == (0, 6)  # other settings: nothing mixed
 
 
-def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell starts us ignoring it
+
+
+@pytest.mark.parametrize("interruption", ["kill -9", "ctrl-c"])
+def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path, interruption):
     data, manifests = tmp_path / "data", tmp_path / "manifests"
     for index in range(120):
         save_gray(data / f"a/{index:03d}.png", noise_image(index, size=(96, 96)))
@@ -140,14 +145,26 @@ def test_killed_run_resumes_and_matches_a_clean_run(tmp_path):
     command = [sys.executable, "-m", "fracture_curate.cli", "embed", "--manifests", str(manifests)]
     command += ["--weights", "random", "--image-size", "64", "--batch-size", "4", "--workers", "2"]
     command += ["--checkpoint-every", "8", "--device", "cpu"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
     parts = manifests / ".embeddings.parts"
     deadline = time.monotonic() + 120
     while len(list(parts.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
         assert process.poll() is None, "the run finished before it could be interrupted"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    if interruption == "kill -9":
+        process.send_signal(signal.SIGKILL)  # the main process alone
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    output = process.communicate(timeout=60)[0].decode()
+    if interruption == "ctrl-c":
+        assert process.returncode == 130 and "Traceback" not in output
+        assert "the same command goes on from them" in output
     assert not (manifests / "embeddings.parquet").exists()
     if sys.platform == "linux":  # the worker processes die with it rather than linger
         deadline = time.monotonic() + 10
