@@ -228,7 +228,7 @@ def embed_batches(
             num_workers=workers,
             collate_fn=_unchanged,
             prefetch_factor=2,
-            worker_init_fn=worker_init_fn(),
+            worker_init_fn=worker_init_fn(retain_memory=True),
         )
         yield from loader
         return
@@ -295,7 +295,7 @@ def embed_manifest(
     failed: dict[str, str] = {}
     if len(todo):
         if torch_device.type == "cpu":
-            retain_freed_memory()  # steadies CPU forward passes (the workers inherit it)
+            retain_freed_memory()  # steadies CPU forward passes
         with torch.random.fork_rng():
             torch.manual_seed(0)  # random weights (tests) are the same in every run
             model = inference_model(weights.state_dict, config.layer, torch_device)

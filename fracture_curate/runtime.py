@@ -92,12 +92,13 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def worker_init_fn() -> Callable[[int], None]:
+def worker_init_fn(*, retain_memory: bool = False) -> Callable[[int], None]:
     """A DataLoader ``worker_init_fn`` for loaders made in this process: each worker dies with
-    it and keeps its freed memory."""
-    return functools.partial(_init_worker, os.getpid())
+    it, and with ``retain_memory`` keeps its freed memory (for workers that run a model)."""
+    return functools.partial(_init_worker, os.getpid(), retain_memory)
 
 
-def _init_worker(parent_pid: int, worker_id: int) -> None:
+def _init_worker(parent_pid: int, retain_memory: bool, worker_id: int) -> None:
     die_with_parent(parent_pid)
-    retain_freed_memory()
+    if retain_memory:
+        retain_freed_memory()
