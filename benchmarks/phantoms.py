@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ def make_images(name: str, count: int, size: int = 1024, png_fraction: float = 0
     marker = folder / f".complete-{count}-{size}-{png_fraction}"
     if marker.exists():
         return folder
+    shutil.rmtree(folder, ignore_errors=True)  # a set of another size or an unfinished one
     rng = np.random.default_rng(0)
     for index in range(count):
         fractured = bool(index % 2)
