@@ -152,7 +152,7 @@ def embed(
         ),
     ] = "imagenet",
     device: Annotated[
-        str, typer.Option(help="auto, cpu or cuda (bf16 autocast on CUDA).")
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")
     ] = "auto",
     batch_size: Annotated[
         int, typer.Option(help="Images per batch (0: 4 on CPU, 256 on CUDA).", min=0)

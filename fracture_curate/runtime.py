@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-#: glibc's mallopt parameters (malloc.h).
+#: glibc's mallopt parameters (malloc.h) and Linux's prctl option (linux/prctl.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_PR_SET_PDEATHSIG = 1
 #: The largest mmap threshold glibc accepts on 64-bit systems (half its heap size).
 _MMAP_THRESHOLD_MAX = 32 << 20
 
@@ -87,7 +88,7 @@ def die_with_parent(parent_pid: int) -> None:
     """
     if sys.platform != "linux":
         return
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the request was made
         os._exit(1)
 

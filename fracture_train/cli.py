@@ -21,7 +21,7 @@ app = typer.Typer(
     subcommand_metavar="[evaluate OPTIONS]",
 )
 
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Workers = Annotated[
     int,
     typer.Option(
@@ -131,7 +131,9 @@ def train(
         float,
         typer.Option(help="Sensitivity the val-chosen threshold must reach (binary tasks)."),
     ] = 0.95,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (bf16 AMP on CUDA).")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 AMP on CUDA).")
+    ] = "auto",
     amp: Annotated[bool, typer.Option(help="bf16 autocast (CUDA only).")] = True,
     channels_last: Annotated[
         bool, typer.Option(help="channels_last memory (faster on CPU and GPU).")
