@@ -1,0 +1,151 @@
+"""The manifest contract: every table's columns and dtypes, and the values its categories take.
+
+Users read the manifests in pandas, so their columns are the project's API: they are defined here
+and nowhere else, and ``manifests/README.md`` explains them. The row table grows stage by stage
+(scan, then dedupe, outliers and split each add columns to the table before); the embeddings and
+a run's predictions are tables of their own.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+#: The curation stages in the order they run; each reads the manifest of the one before.
+STAGES = ("scan", "embed", "dedupe", "outliers", "split")
+#: The stages whose manifest is the row table (one row per file found), in order.
+TABLE_STAGES = ("scan", "dedupe", "outliers", "split")
+#: The stage name a run's predictions are written under (``predictions.parquet``).
+PREDICT_STAGE = "predict"
+
+#: The splits of a curated set.
+SPLITS = ("train", "val", "test")
+
+#: ``scan.parquet`` ``status``: ``ok``, or why the file is not used.
+STATUSES = (
+    "ok",
+    "unreadable",  # permissions, broken links, special files
+    "empty",  # zero bytes
+    "not_image",  # no image format recognised: text, random bytes
+    "too_large",  # over the decompression-bomb guard
+    "dropped_format",  # a format not kept (GIF, WEBP by default)
+    "truncated",  # the data stops early
+    "corrupt",  # the data is damaged
+)
+
+#: ``dedupe.parquet`` ``match_kind``: the layers that match copies, most certain first.
+MATCH_KINDS = ("bytes", "pixels", "phash", "embedding", "geometry")
+
+#: ``split.parquet`` ``excluded_reason``: why a row takes no part in the split. A file the scan
+#: did not keep is excluded for its scan status; the first kind that applies wins.
+EXCLUSION_KINDS = (
+    *STATUSES[1:],
+    "no_label",  # the layout or CSV gives the file no label
+    "label_conflict",  # its duplicate cluster holds copies under different labels
+    "duplicate",  # a copy of the file kept for its cluster
+    "outlier",  # flagged by `curate outliers`, left out with `curate split --drop-outliers`
+)
+
+#: ``scan.parquet``: every file found under the dataset root, kept or not.
+SCAN_COLUMNS: dict[str, str] = {
+    "image_id": "string",  # SHA-256 of the file bytes
+    "path": "string",  # relative to the dataset root, POSIX separators
+    "bytes": "Int64",
+    "status": "string",  # one of STATUSES
+    "reason": "string",  # one line explaining a status other than ok
+    "format": "string",  # read from the content, not the name
+    "extension": "string",
+    "label": "string",
+    "source_split": "string",  # train / val / test where the source had splits
+    "patient_id": "string",
+    "study_id": "string",
+    "body_region": "string",
+    "width": "Int64",
+    "height": "Int64",
+    "mode": "string",  # the file's own Pillow mode
+    "bit_depth": "Int64",
+    "n_frames": "Int64",
+    "colour_count": "Int64",
+    "is_grayscale": "boolean",
+    "mean_intensity": "Float64",
+    "std_intensity": "Float64",
+    "pixel_sha256": "string",  # SHA-256 of the decoded pixels
+    "phash": "object",  # bytes: 8 orientations x 256-bit pHash (fracture_curate.phash)
+}
+
+#: ``embeddings.parquet``: one row per distinct kept file.
+EMBEDDING_COLUMNS: dict[str, str] = {
+    "image_id": "string",
+    "embedding": "object",  # fixed-size list of float32
+}
+
+#: Columns ``dedupe.parquet`` adds to the scan table (null for rows the scan did not keep).
+DEDUPE_COLUMNS: dict[str, str] = {
+    "cluster_id": "Int64",
+    "cluster_size": "Int64",
+    "is_kept": "boolean",
+    "duplicate_of": "string",  # image_id of the kept copy
+    "match_kind": "string",  # one of MATCH_KINDS
+    "similarity": "Float64",
+    "label_conflict": "boolean",
+}
+
+#: Columns ``outliers.parquet`` adds to the dedupe table.
+OUTLIER_COLUMNS: dict[str, str] = {
+    "outlier_score": "Float64",  # higher is stranger
+    "is_outlier": "boolean",
+}
+
+#: Columns ``split.parquet`` adds to the outliers table.
+SPLIT_COLUMNS: dict[str, str] = {
+    "group_id": "Int64",  # rows joined by a duplicate cluster or a patient
+    "split": "string",  # one of SPLITS; null for excluded rows
+    "excluded_reason": "string",  # one of EXCLUSION_KINDS; null for rows in the split
+    "excluded_detail": "string",  # the particulars: the scan's reason, the copy kept, ...
+}
+
+#: The columns each row-table stage adds.
+STAGE_COLUMNS: dict[str, dict[str, str]] = {
+    "scan": SCAN_COLUMNS,
+    "dedupe": DEDUPE_COLUMNS,
+    "outliers": OUTLIER_COLUMNS,
+    "split": SPLIT_COLUMNS,
+}
+
+#: The files of a training run folder that the report and ``train evaluate`` read.
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions.parquet"
+
+#: ``predictions.parquet`` of a run: the rows predicted, plus one probability column per class
+#: (:func:`probability_column`).
+PREDICTION_COLUMNS: dict[str, str] = {
+    "image_id": "string",
+    "path": "string",
+    "split": "string",
+    "label": "string",
+    "predicted_label": "string",  # at the decision threshold (0.5 for a binary task)
+    "predicted_label_val_threshold": "string",  # at the threshold chosen on val (binary only)
+}
+
+
+def table_columns(stage: str) -> dict[str, str]:
+    """Every column of a row-table stage's manifest, in order: its own and those before it."""
+    if stage not in TABLE_STAGES:
+        raise KeyError(f"{stage!r} writes no row table; choose one of {', '.join(TABLE_STAGES)}")
+    columns: dict[str, str] = {}
+    for earlier in TABLE_STAGES[: TABLE_STAGES.index(stage) + 1]:
+        columns |= STAGE_COLUMNS[earlier]
+    return columns
+
+
+def empty_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """A copy of ``frame`` with ``columns`` added (or reset), all null, each of its dtype."""
+    result = frame.copy()
+    for name, dtype in columns.items():
+        result[name] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    return result
+
+
+def probability_column(class_name: str) -> str:
+    """The predictions column holding a class's probability: ``prob_<class>``."""
+    return f"prob_{class_name}"

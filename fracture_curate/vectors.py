@@ -1,0 +1,80 @@
+"""Embedding vectors: the matrix of a set of images, normalised rows, and similarity search that
+never builds an N x N matrix (used by dedupe, geometry, outliers and the report)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def embedding_matrix(embeddings: pd.DataFrame, image_ids: Sequence[str]) -> np.ndarray:
+    """The rows of an ``embeddings.parquet`` table for ``image_ids``, in that order: N x D."""
+    vectors = embeddings.set_index("image_id").loc[list(image_ids), "embedding"]
+    return np.stack(vectors.to_list())
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row L2-normalised (a new array; all-zero rows stay zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Subtract the mean and L2-normalise each row (float32, a new array).
+
+    MobileNetV2's pooled features are non-negative, so the raw cosine of two unrelated X-rays is
+    high; centred, their cosine spreads out and copies stand apart.
+    """
+    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return unit_rows(vectors.astype(np.float32) - mean)
+
+
+def cosine_pairs(
+    unit: np.ndarray, threshold: float, *, block: int = 2048
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """All pairs ``i < j`` of unit rows with cosine >= ``threshold``, never an N x N matrix.
+
+    The upper triangle of the product is computed in ``block x block`` tiles (16 MiB at the
+    default), keeping just the pairs above the threshold: exact, and cache-friendly.
+    """
+    n = len(unit)
+    for row in range(0, n, block):
+        rows = unit[row : row + block]
+        for column in range(row, n, block):
+            similarity = rows @ unit[column : column + block].T
+            i, j = np.nonzero(similarity >= threshold)
+            if column == row:
+                upper = j > i
+                i, j = i[upper], j[upper]
+            if len(i):
+                yield i + row, j + column, similarity[i, j]
+
+
+def nearest_neighbours(
+    unit: np.ndarray, k: int, floor: float, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` most similar other rows with cosine >= ``floor``, as pairs.
+
+    ``unit`` holds L2-normalised rows. Returns ``(i, j, cosine)`` with ``i < j``, each pair once,
+    sorted by ``(i, j)``. Rows that tie with a row's k-th best are kept too. The search runs in
+    tiles of ``block`` rows, so memory is ``2 x block x N`` floats, never N x N.
+    """
+    n = len(unit)
+    k = min(k, n - 1)
+    lefts, rights, cosines = [], [], []
+    for start in range(0, n if k > 0 else 0, block):
+        similarity = unit[start : start + block] @ unit.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = -np.inf  # not its own neighbour
+        kth = np.partition(similarity, n - k, axis=1)[:, n - k]
+        i, j = np.nonzero(similarity >= np.maximum(kth, floor)[:, None])
+        lefts.append(i + start)
+        rights.append(j)
+        cosines.append(similarity[i, j])
+    if not lefts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, unit.dtype)
+    i, j, cosine = np.concatenate(lefts), np.concatenate(rights), np.concatenate(cosines)
+    low, high = np.minimum(i, j), np.maximum(i, j)
+    _, first = np.unique(low * n + high, return_index=True)
+    return low[first], high[first], cosine[first]
