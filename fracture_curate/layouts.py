@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from fracture_curate.errors import CurateError
+
 LAYOUTS = ("auto", "class", "split-class", "class-split", "mura", "csv", "none")
 
 _SPLIT_SYNONYMS = {
@@ -37,7 +39,7 @@ _MURA_PATTERN = re.compile(
 )
 
 
-class LayoutError(Exception):
+class LayoutError(CurateError):
     """A layout that cannot be applied to the dataset (bad CSV, unknown layout name)."""
 
 
@@ -106,6 +108,39 @@ def labels_from_path(path: str, layout: str) -> FileLabels:
     if layout == "none":
         return FileLabels()
     raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def layout_folder(
+    layout: str,
+    label: str,
+    split: str | None = None,
+    *,
+    region: str | None = None,
+    patient: str | None = None,
+    study: str | None = None,
+) -> PurePosixPath:
+    """The folder a file of ``label`` (in the source split folder ``split``) sits in under a
+    folder layout: the inverse of :func:`labels_from_path`.
+
+    ``split`` is the folder name as written (``Train``, ``valid``); the mura layout also needs
+    the body ``region`` (``WRIST``), the ``patient`` folder and the ``study`` (``study1``).
+    """
+    if layout == "class":
+        return PurePosixPath(label)
+    if layout in ("split-class", "class-split") and split is None:
+        raise LayoutError(f"layout {layout!r} needs a split folder")
+    if layout == "split-class":
+        return PurePosixPath(split, label)
+    if layout == "class-split":
+        return PurePosixPath(label, split)
+    if layout == "mura":
+        if None in (split, region, patient, study):
+            raise LayoutError("layout 'mura' needs a split, region, patient and study")
+        return PurePosixPath(split, f"XR_{region}", patient, f"{study}_{label}")
+    raise LayoutError(
+        f"layout {layout!r} does not place files by label; choose one of "
+        "class, split-class, class-split, mura"
+    )
 
 
 def read_label_csv(csv_path: str | Path) -> dict[str, FileLabels]:

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image, features
 
+from fracture_curate.errors import ConfigError
+from fracture_curate.scan import scan_dataset
 from fracture_curate.synthetic import (
     FRACTURE_KINDS,
     LAYOUTS,
@@ -21,6 +23,7 @@ from fracture_curate.synthetic import (
     draw_phantom,
     generate_dataset,
 )
+from fracture_curate.synthetic.planting import PLANTERS
 
 SIZE = 128
 CLASSES = ("fractured", "not fractured")
@@ -188,6 +191,22 @@ def test_mura_patients_and_studies(tmp_path: Path) -> None:
         assert numbers == list(range(1, len(group) + 1)), folder
 
 
+@pytest.mark.parametrize("layout", ["class", "split-class", "class-split", "mura"])
+def test_folder_layouts_scan_back_to_the_record(layout: str, tmp_path: Path) -> None:
+    root = tmp_path / layout
+    record = generate_dataset(root, layout=layout, n_per_class=6, image_size=64, seed=2)
+    result = scan_dataset(root, workers=1)
+    assert result.layout == layout
+    scanned = result.frame.set_index("path")
+    kept = scanned[scanned["status"] == "ok"]
+    recorded = record.set_index("path").loc[kept.index]
+    assert set(recorded["kind"]) >= {"original", "exact_copy", "other_class"}
+    normalised = {"Train": "train", "Test": "test", "valid": "val"}
+    expected_split = recorded["split"].replace(normalised).fillna("(none)")  # class: no splits
+    assert kept["label"].tolist() == recorded["label"].tolist()
+    assert kept["source_split"].fillna("(none)").tolist() == expected_split.tolist()
+
+
 def test_exact_and_truncated_copies(copies) -> None:
     root, record = copies
     for row in record[record["kind"].isin(["exact_copy", "truncated"])].itertuples():
@@ -334,15 +353,32 @@ def test_class_names_choose_what_is_drawn(tmp_path: Path) -> None:
     assert (tmp_path / "multi" / "other break").is_dir()
 
 
-def test_invalid_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="layout"):
+def test_abnormal_is_drawn_with_a_fracture_and_normal_without(tmp_path: Path) -> None:
+    record = generate_dataset(
+        tmp_path / "ab", layout="class", classes=("abnormal", "normal"), n_per_class=3, plant=False
+    )
+    fracture = record["detail"].str.extract(r"fracture=(\w+)")[0].groupby(record["label"])
+    assert set(fracture.get_group("abnormal")) <= set(FRACTURE_KINDS)
+    assert set(fracture.get_group("normal")) == {"none"}
+
+
+def test_invalid_arguments_are_config_errors_naming_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="choose one of class, split-class, class-split"):
         generate_dataset(tmp_path / "x", layout="nested")
-    with pytest.raises(ValueError, match="planted kinds"):
+    with pytest.raises(ConfigError, match="choose from exact_copy, reencoded"):
         generate_dataset(tmp_path / "x", plant_counts={"blurred": 1})
-    with pytest.raises(ValueError, match="fracture_kind"):
+    with pytest.raises(ConfigError, match="at least 16x16"):
+        generate_dataset(tmp_path / "x", image_size=8)
+    with pytest.raises(ConfigError, match="choose one of transverse, oblique"):
         draw_phantom(np.random.default_rng(0), SIZE, True, fracture_kind="spiral")
-    with pytest.raises(ValueError, match="fracture_kind"):
+    with pytest.raises(ConfigError, match="fracture_kind"):
         draw_phantom(np.random.default_rng(0), SIZE, False, fracture_kind="oblique")
+    assert not (tmp_path / "x").exists()  # checked before anything is written
+
+
+def test_every_planted_kind_has_a_planter() -> None:
+    assert set(PLANTERS) == set(PLANTED_KINDS)
+    assert all(callable(planter) for planter in PLANTERS.values())
 
 
 def test_phantoms_differ_in_structure() -> None:

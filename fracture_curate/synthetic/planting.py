@@ -1,0 +1,299 @@
+"""Planting: one function per planted kind, each making one problem file of a generated set.
+
+A planter gets the writer, the new file's entry and the original the file copies (sourced kinds)
+or is filed beside (the others). It fills in the entry (its detail, and any label, split, format
+or true label it changes) and returns the bytes to write; :func:`plant` does the rest.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
+
+import numpy as np
+from PIL import Image, features
+
+from fracture_curate.synthetic.drawing import draw_class_phantom, draw_outlier
+from fracture_curate.synthetic.record import PLANTED_KINDS, SOURCED_KINDS, RecordEntry
+from fracture_curate.synthetic.writer import (
+    PNG_RESAVE_LEVEL,
+    DatasetWriter,
+    encode,
+    format_detail,
+)
+
+Planter = Callable[[DatasetWriter, RecordEntry, RecordEntry], bytes]
+#: A change of an image's pixels: (rng, image) -> (changed image, detail for the record).
+Transform = Callable[[np.random.Generator, Image.Image], tuple[Image.Image, str]]
+
+
+def kind_applies(kind: str, writer: DatasetWriter) -> bool:
+    """Whether ``kind`` can be planted in the writer's dataset (a split leak needs splits...)."""
+    if kind == "cross_split":
+        return writer.layout != "class"
+    if kind == "other_class":
+        return len(writer.labels) >= 2
+    if kind == "webp":
+        return bool(features.check("webp"))
+    return True
+
+
+def plant_all(writer: DatasetWriter, counts: Mapping[str, int]) -> None:
+    """Plant ``counts[kind]`` files of every kind that applies, in PLANTED_KINDS order.
+
+    Sourced kinds draw their originals from a shuffled pool of the originals written so far, so
+    each original is used once before any is reused.
+    """
+    originals = list(writer.entries)
+    pool: list[RecordEntry] = []
+    for kind in PLANTED_KINDS:
+        if not kind_applies(kind, writer):
+            continue
+        for _ in range(counts[kind]):
+            source = None
+            if kind in SOURCED_KINDS:
+                if not pool:
+                    pool = [originals[i] for i in writer.rng.permutation(len(originals))]
+                source = pool.pop()
+            plant(writer, kind, source)
+
+
+def plant(writer: DatasetWriter, kind: str, source: RecordEntry | None) -> None:
+    """Write one planted file of ``kind``: derived from ``source`` for the sourced kinds, else
+    filed beside a random original (its "host": same label, split and, for mura, study)."""
+    if source is None:
+        original = _random_original(writer)
+        entry = _hosted_entry(writer, kind, original)
+    else:
+        original = source
+        entry = _copy_entry(kind, source)
+    data = PLANTERS[kind](writer, entry, original)
+    writer.write(_planted_folder(writer, entry, original), data, entry)
+
+
+def _random_original(writer: DatasetWriter) -> RecordEntry:
+    """A random original among the files written so far (drawn until one is an original)."""
+    while True:
+        entry = writer.entries[int(writer.rng.integers(len(writer.entries)))]
+        if entry.kind == "original":
+            return entry
+
+
+def _hosted_entry(writer: DatasetWriter, kind: str, host: RecordEntry) -> RecordEntry:
+    """The entry of a file of ``kind`` filed beside ``host``, under the host's label and split."""
+    # csv: a patient of its own; mura: the host's (it joins the host's study); others: none
+    patient = writer.new_patient() if writer.layout == "csv" else host.patient_id
+    return RecordEntry(
+        path="",
+        kind=kind,
+        label=host.label,
+        true_label=host.label,
+        split=host.split,
+        patient_id=patient,
+    )
+
+
+def _copy_entry(kind: str, source: RecordEntry) -> RecordEntry:
+    """The entry of a copy of ``source``: its label, split, patient and format until changed."""
+    return RecordEntry(
+        path="",
+        kind=kind,
+        label=source.label,
+        true_label=source.true_label,
+        split=source.split,
+        patient_id=source.patient_id,
+        source_path=source.path,
+        file_format=source.file_format,
+        quality=source.quality,
+        region=source.region,
+    )
+
+
+def _planted_folder(
+    writer: DatasetWriter, entry: RecordEntry, original: RecordEntry
+) -> PurePosixPath:
+    """The folder of a planted file: its label's and split's, in mura the original's study or,
+    for a new label or split, a new study of the same patient."""
+    if writer.layout != "mura":
+        return writer.folder(entry.label, entry.split)
+    if (entry.label, entry.split) == (original.label, original.split):
+        return PurePosixPath(original.path).parent
+    return writer.new_study_folder(entry.split, original.region, original.patient_id, entry.label)
+
+
+def _source_bytes(writer: DatasetWriter, source: RecordEntry) -> bytes:
+    return (writer.root / source.path).read_bytes()
+
+
+def _source_image(writer: DatasetWriter, source: RecordEntry) -> Image.Image:
+    with Image.open(writer.root / source.path) as image:
+        image.load()
+        return image
+
+
+# -- copies of the bytes, or of the pixels ---------------------------------------------------
+
+
+def _exact_copy(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    return _source_bytes(writer, source)
+
+
+def _truncated(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    data = _source_bytes(writer, source)
+    keep = float(writer.rng.uniform(0.4, 0.6))
+    entry.detail = f"kept={keep:.2f}"
+    return data[: int(len(data) * keep)]
+
+
+def _other_class(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    others = [label for label in writer.labels if label != source.label]
+    entry.label = str(writer.rng.choice(others))
+    entry.detail = f"from={source.label}"
+    return _pixel_exact_copy(writer, source)
+
+
+def _cross_split(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    others = [split for split in writer.split_names if split != source.split]
+    entry.split = str(writer.rng.choice(others))
+    entry.detail = f"from={source.split}"
+    return _pixel_exact_copy(writer, source)
+
+
+def _pixel_exact_copy(writer: DatasetWriter, source: RecordEntry) -> bytes:
+    # JPEG cannot be re-saved without loss, so its bytes are copied.
+    if source.file_format == "JPEG":
+        return _source_bytes(writer, source)
+    return encode(_source_image(writer, source), "PNG", png_level=PNG_RESAVE_LEVEL)
+
+
+def _reencoded(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    image = _source_image(writer, source)
+    quality = int(writer.rng.integers(50, 86))
+    if writer.layout == "mura":  # MURA is PNG only: keep the JPEG-degraded pixels in a PNG
+        image = Image.open(io.BytesIO(encode(image, "JPEG", quality)))
+        entry.file_format, entry.quality = "PNG", None
+        entry.detail = f"quality={quality};format=png"
+    elif source.file_format == "PNG" or writer.rng.uniform() < 0.5:
+        entry.file_format, entry.quality, entry.detail = "JPEG", quality, f"quality={quality}"
+    else:
+        entry.file_format, entry.quality, entry.detail = "PNG", None, "format=png"
+    return encode(image, entry.file_format, entry.quality)
+
+
+# -- changed pixels, in the source's format --------------------------------------------------
+
+
+def _transformed(transform: Transform) -> Planter:
+    """A planter that changes the source's pixels and encodes them as the source was."""
+
+    def planter(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+        image, entry.detail = transform(writer.rng, _source_image(writer, source))
+        return encode(image, entry.file_format, entry.quality)
+
+    return planter
+
+
+def _resize(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    factor = round(float(rng.uniform(0.5, 0.8)), 2)
+    size = (max(round(image.width * factor), 1), max(round(image.height * factor), 1))
+    return image.resize(size, Image.Resampling.LANCZOS), f"scale={factor:.2f}"
+
+
+def _crop(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    fraction = round(float(rng.uniform(0.03, 0.10)), 2)
+    cut_x, cut_y = max(round(image.width * fraction), 1), max(round(image.height * fraction), 1)
+    left, top = int(rng.integers(cut_x + 1)), int(rng.integers(cut_y + 1))
+    box = (left, top, image.width - (cut_x - left), image.height - (cut_y - top))
+    return image.crop(box), f"crop={fraction:.2f}"
+
+
+def _flip(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    if rng.uniform() < 0.5:
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "flip=horizontal"
+    return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), "flip=vertical"
+
+
+def _rotate90(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    quarter_turns = int(rng.integers(1, 4))
+    rotation = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+    return image.transpose(rotation[quarter_turns - 1]), f"angle={90 * quarter_turns}"
+
+
+def _rotate_small(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    angle = round(float(rng.choice([-1, 1]) * rng.uniform(2.0, 10.0)), 1)
+    pixels = np.asarray(image)
+    # the corners the rotation uncovers are filled with the image's typical border grey
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = int(np.median(border))
+    rotated = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+    return rotated, f"angle={angle:.1f}"
+
+
+def _brighten(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image, str]:
+    low, high = (0.8, 0.9) if rng.uniform() < 0.5 else (1.1, 1.2)
+    factor = round(float(rng.uniform(low, high)), 2)
+    pixels = np.asarray(image, dtype=np.float32) * factor
+    changed = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+    return changed, f"factor={factor:.2f}"
+
+
+# -- files beside a host original ------------------------------------------------------------
+
+
+def _outlier(writer: DatasetWriter, entry: RecordEntry, host: RecordEntry) -> bytes:
+    png = writer.layout == "mura" or writer.rng.uniform() < writer.png_fraction
+    entry.file_format, entry.quality = writer.choose_format(png)
+    entry.true_label = None
+    entry.detail = format_detail(entry.file_format, entry.quality)
+    return encode(draw_outlier(writer.rng, writer.size), entry.file_format, entry.quality)
+
+
+def _gif(writer: DatasetWriter, entry: RecordEntry, host: RecordEntry) -> bytes:
+    return _phantom_as(writer, entry, "GIF")
+
+
+def _webp(writer: DatasetWriter, entry: RecordEntry, host: RecordEntry) -> bytes:
+    return _phantom_as(writer, entry, "WEBP")
+
+
+def _phantom_as(writer: DatasetWriter, entry: RecordEntry, file_format: str) -> bytes:
+    """A phantom of the entry's class in a format the pipeline does not take."""
+    image, entry.detail = draw_class_phantom(writer.rng, writer.size, entry.label)
+    entry.file_format = file_format
+    return encode(image, file_format)
+
+
+def _corrupt(writer: DatasetWriter, entry: RecordEntry, host: RecordEntry) -> bytes:
+    entry.file_format, entry.true_label = "JPEG", None
+    if writer.rng.uniform() < 0.5:
+        entry.detail = "random-bytes"
+        return writer.rng.bytes(int(writer.rng.integers(500, 4000)))
+    entry.detail = "text"  # an error page saved under an image name
+    return b"<html><body>404 Not Found</body></html>\n"
+
+
+def _zero_byte(writer: DatasetWriter, entry: RecordEntry, host: RecordEntry) -> bytes:
+    entry.file_format, entry.true_label = "PNG", None
+    return b""
+
+
+#: Planted kind -> the function that makes its file.
+PLANTERS: dict[str, Planter] = {
+    "exact_copy": _exact_copy,
+    "reencoded": _reencoded,
+    "resized": _transformed(_resize),
+    "cropped": _transformed(_crop),
+    "flipped": _transformed(_flip),
+    "rotated90": _transformed(_rotate90),
+    "rotated_small": _transformed(_rotate_small),
+    "brightness": _transformed(_brighten),
+    "other_class": _other_class,
+    "cross_split": _cross_split,
+    "outlier": _outlier,
+    "gif": _gif,
+    "webp": _webp,
+    "corrupt": _corrupt,
+    "truncated": _truncated,
+    "zero_byte": _zero_byte,
+}
