@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture_curate.dedupe import DedupeConfig, centred_unit_rows, deduplicate
+from fracture_curate.dedupe import DedupeConfig, deduplicate
 from fracture_curate.embed import EmbedConfig, embed_manifest
-from fracture_curate.manifest import embedding_matrix, manifest_path, read_manifest
+from fracture_curate.manifest import manifest_path, read_manifest
 from fracture_curate.outliers import OutlierConfig, parse_contamination, score_outliers
 from fracture_curate.phash import phash_distance
-from fracture_curate.report import planted_vs_found
 from fracture_curate.scan import run_scan
-from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
+from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset, planted_vs_found
+from fracture_curate.vectors import centred_unit_rows, embedding_matrix
 
 OUT = Path(__file__).parent / "out" / "quality"
 TARGETS = {kind: 0.99 for kind in DUPLICATE_KINDS} | {

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from fracture_curate.dedupe import DedupeConfig, centred_unit_rows, cosine_pairs
+from fracture_curate.dedupe import DedupeConfig
+from fracture_curate.vectors import centred_unit_rows, cosine_pairs
 
 
 def structured_embeddings(n: int, dim: int = 1280, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,8 @@ from phantoms import OUT, make_images
 from PIL import Image
 from torchvision import transforms
 
-from fracture_curate.embed import EmbedConfig, default_batch_size, embed_manifest, inference_model
+from fracture_curate.embed import EmbedConfig, embed_manifest
+from fracture_curate.embedder import default_batch_size, inference_model
 from fracture_curate.runtime import core_workers, resolve_device, retain_freed_memory
 from fracture_curate.scan import run_scan
 from fracture_curate.weights import resolve_weights

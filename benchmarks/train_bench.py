@@ -22,34 +22,34 @@ import time
 
 import numpy as np
 import torch
+from fracture_curate.placement import model_threads, resolve_device, torch_threads
 from phantoms import OUT, make_images
 
-from fracture_curate.runtime import model_threads, resolve_device, torch_threads
+from fracture_curate.model_input import Preprocessing
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
-    Preprocessing,
     augmentation,
     fill_workers,
     loader_workers,
     make_loader,
 )
-from fracture_train.engine import Criterion, Runtime, make_optimizer, train_epoch, train_step
+from fracture_train.engine import Criterion, Placement, make_optimizer, train_epoch, train_step
 from fracture_train.models import create_model
 
 
-def model_alone(model, runtime, optimizer, criterion, batch_size, image_size, steps) -> float:
+def model_alone(model, placement, optimizer, criterion, batch_size, image_size, steps) -> float:
     """Images/s of the training step on one uint8 batch already on the device."""
     images = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
-    images = images.to(runtime.device)
-    targets = torch.randint(0, 2, (batch_size,), device=runtime.device)
+    images = images.to(placement.device)
+    targets = torch.randint(0, 2, (batch_size,), device=placement.device)
     for _ in range(2):  # warm-up: kernel selection, allocator
-        train_step(model, images, targets, optimizer, criterion, runtime)
-    synchronize(runtime.device)
+        train_step(model, images, targets, optimizer, criterion, placement)
+    synchronize(placement.device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, images, targets, optimizer, criterion, runtime)
-    synchronize(runtime.device)
+        train_step(model, images, targets, optimizer, criterion, placement)
+    synchronize(placement.device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -92,8 +92,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     preprocessing = Preprocessing(args.image_size)
-    runtime = Runtime.create(device, preprocessing, amp=args.amp, channels_last=args.channels_last)
-    model = runtime.prepare(create_model(args.model, 1))
+    placement = Placement.create(
+        device, preprocessing, amp=args.amp, channels_last=args.channels_last
+    )
+    model = placement.prepare(create_model(args.model, 1))
     optimizer = make_optimizer(model, "adamw", 1e-4, 0.01)
     criterion = Criterion(binary=True).to(device)
 
@@ -118,11 +120,11 @@ def main() -> None:
     for _ in range(args.epochs):
         alone.append(
             model_alone(
-                model, runtime, optimizer, criterion, args.batch_size, args.image_size, args.steps
+                model, placement, optimizer, criterion, args.batch_size, args.image_size, args.steps
             )
         )
         with torch_threads(model_threads(on_cuda, workers)):  # loader processes get cores
-            end_to_end.append(train_epoch(model, loader, optimizer, criterion, runtime))
+            end_to_end.append(train_epoch(model, loader, optimizer, criterion, placement))
 
     first = end_to_end[0].images / (fill_seconds + end_to_end[0].seconds)
     print(f"\n{'round':<7} {'alone img/s':>12} {'end to end img/s':>17} {'ratio':>6}")

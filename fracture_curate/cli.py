@@ -11,24 +11,21 @@ import typer
 from fracture_curate import __version__
 from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
 from fracture_curate.display import (
+    ProgressBars,
     clean_errors,
     console,
     error_console,
     frame_table,
     make_progress,
 )
-from fracture_curate.images import DEFAULT_MAX_PIXELS
-from fracture_curate.layouts import LAYOUTS, LayoutError
-from fracture_curate.manifest import ManifestError, manifest_path
+from fracture_curate.embed import EmbedConfig, embed_manifest
+from fracture_curate.layouts import LAYOUTS
+from fracture_curate.manifest import manifest_path
 from fracture_curate.outliers import OutlierConfig, parse_contamination, run_outliers
-from fracture_curate.scan import DEFAULT_FORMATS, run_scan, summarise_scan
-from fracture_curate.split import (
-    SplitConfig,
-    SplitError,
-    run_split,
-    split_summary,
-    straddling_groups,
-)
+from fracture_curate.scan import ScanConfig, run_scan, summarise_scan
+from fracture_curate.split import SplitConfig, run_split, split_summary, straddling_groups
+from fracture_curate.synthetic import LAYOUTS as SYNTH_LAYOUTS
+from fracture_curate.synthetic import generate_dataset
 
 app = typer.Typer(
     help="Curate a folder of bone X-rays into an honest, leakage-free training set.",
@@ -81,7 +78,7 @@ def scan(
             + ", ".join(LAYOUTS)
             + ". 'auto' detects it; --labels implies 'csv'.",
         ),
-    ] = "auto",
+    ] = ScanConfig.layout,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -92,26 +89,25 @@ def scan(
     ] = None,
     formats: Annotated[
         str, typer.Option(help="Comma-separated image formats to keep; others are dropped.")
-    ] = ",".join(DEFAULT_FORMATS),
+    ] = ",".join(ScanConfig.formats),
     workers: Annotated[
         int, typer.Option(help="Worker processes (default: all cores).", min=1)
     ] = os.cpu_count() or 1,
     max_pixels: Annotated[
-        int, typer.Option(help="Decompression-bomb guard: larger images are refused.", min=1)
-    ] = DEFAULT_MAX_PIXELS,
+        int, typer.Option(help="Decompression-bomb guard: larger images are refused.")
+    ] = ScanConfig.max_pixels,
 ) -> None:
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
-    with clean_errors(LayoutError, NotADirectoryError, ManifestError, OSError):
+    with clean_errors():
+        config = ScanConfig(
+            layout=layout,
+            labels_csv=labels,
+            formats=tuple(f for f in formats.split(",") if f.strip()),
+            max_pixels=max_pixels,
+        )
         with make_progress("files") as progress:
             result = run_scan(
-                root,
-                out,
-                layout=layout,
-                labels_csv=labels,
-                formats=[f.strip().upper() for f in formats.split(",") if f.strip()],
-                workers=workers,
-                max_pixels=max_pixels,
-                progress=progress,
+                root, out, config, workers=workers, on_progress=ProgressBars(progress)
             )
         path = manifest_path(out, "scan")
     console.print(f"layout: [bold]{result.layout}[/]")
@@ -135,22 +131,24 @@ def embed(
         typer.Option(
             help="'pool' (1280-d global-pooled features) or 'logits' (1000-d ImageNet logits)."
         ),
-    ] = "pool",
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.", min=32)] = 224,
+    ] = EmbedConfig.layer,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels (32 or more).")] = (
+        EmbedConfig.image_size
+    ),
     resize: Annotated[
         str,
         typer.Option(
             help="'stretch' resizes the whole image (nothing cut off); 'crop' resizes the short "
             "side and centre-crops, as ImageNet evaluation does.",
         ),
-    ] = "stretch",
+    ] = EmbedConfig.resize,
     weights: Annotated[
         str,
         typer.Option(
             help="'imagenet' (offline: hub cache, then the offline weights package), a state-dict "
             "PATH, or 'random' (tests only).",
         ),
-    ] = "imagenet",
+    ] = EmbedConfig.weights,
     device: Annotated[
         str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")
     ] = "auto",
@@ -175,14 +173,10 @@ def embed(
     Resumable: embeddings are keyed by the file's SHA-256, so a re-run (or a run after a crash)
     embeds only what is missing, and identical files are embedded once.
     """
-    from fracture_curate.embed import EmbedConfig, embed_manifest  # torch loads only when needed
-    from fracture_curate.weights import WeightsError
-
-    with clean_errors(ValueError, ManifestError, WeightsError, OSError):
+    with clean_errors():
         config = EmbedConfig(layer=layer, image_size=image_size, resize=resize, weights=weights)
         try:
             with make_progress("img") as progress:
-                tasks = []
                 result = embed_manifest(
                     manifests,
                     config,
@@ -191,10 +185,7 @@ def embed(
                     batch_size=batch_size or None,
                     workers=None if workers < 0 else workers,
                     checkpoint_every=checkpoint_every,
-                    on_start=lambda total: tasks.append(
-                        progress.add_task("embedding", total=total)
-                    ),
-                    on_batch=lambda n: progress.advance(tasks[0], n),
+                    on_progress=ProgressBars(progress),
                 )
         except KeyboardInterrupt:
             error_console.print(
@@ -226,9 +217,7 @@ def dedupe(
         int,
         typer.Option(
             help="Max differing bits (of 256) between perceptual hashes, in any of the 8 "
-            "flips/rotations, for a match.",
-            min=0,
-            max=256,
+            "flips/rotations, for a match (0-256).",
         ),
     ] = DedupeConfig.phash_radius,
     cosine_threshold: Annotated[
@@ -236,23 +225,21 @@ def dedupe(
         typer.Option(
             help="Min cosine similarity of centred, normalised embeddings for a match "
             "(catches crops, small rotations, brightness changes).",
-            min=-1.0,
-            max=1.0,
         ),
     ] = DedupeConfig.cosine_threshold,
     embeddings: Annotated[
         bool, typer.Option(help="Use the embedding layers (needs `curate embed` first).")
-    ] = True,
+    ] = DedupeConfig.use_embeddings,
     geometry: Annotated[
         bool,
         typer.Option(
             help="Check each file's nearest neighbours for a rotated, scaled or cropped copy "
             "(SIFT keypoints + RANSAC); reads the images again.",
         ),
-    ] = True,
+    ] = DedupeConfig.geometry,
     geometry_threshold: Annotated[
         int,
-        typer.Option(help="Min keypoints one similarity transform must match for a copy.", min=1),
+        typer.Option(help="Min keypoints one similarity transform must match for a copy."),
     ] = DedupeConfig.geometry_threshold,
     root: RootOption = None,
 ) -> None:
@@ -264,15 +251,16 @@ def dedupe(
     over lossy.
     Clusters whose copies carry different labels are flagged as label conflicts.
     """
-    config = DedupeConfig(
-        phash_radius=phash_radius,
-        cosine_threshold=cosine_threshold,
-        use_embeddings=embeddings,
-        geometry=geometry,
-        geometry_threshold=geometry_threshold,
-    )
-    with clean_errors(ManifestError, OSError), make_progress("img") as progress:
-        frame = run_dedupe(manifests, config, root=root, progress=progress)
+    with clean_errors():
+        config = DedupeConfig(
+            phash_radius=phash_radius,
+            cosine_threshold=cosine_threshold,
+            use_embeddings=embeddings,
+            geometry=geometry,
+            geometry_threshold=geometry_threshold,
+        )
+        with make_progress("img") as progress:
+            frame = run_dedupe(manifests, config, root=root, on_progress=ProgressBars(progress))
     summary = summarise_dedupe(frame)
     console.print(frame_table(summary["counts"], "Duplicates"))
     if not summary["copies_by_match"].empty:
@@ -295,27 +283,28 @@ def outliers(
         float,
         typer.Option(
             help="PCA: explained variance to keep (below 1) or a number of components (1 or more).",
-            min=0.0,
         ),
     ] = OutlierConfig.components,
     contamination: Annotated[
         str,
         typer.Option(
             help="How scores become flags: 'robust' (modified z-score of the score > 3.5), "
-            "'auto' (Isolation Forest's fixed offset) or an expected outlier fraction.",
+            "'auto' (Isolation Forest's fixed offset) or an expected outlier fraction in (0, 0.5].",
         ),
-    ] = "robust",
+    ] = str(OutlierConfig.contamination),
     per_class: Annotated[
         bool,
         typer.Option(help="Score each class on its own: finds images unlike their own class."),
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed of the forest and PCA.")] = 0,
+    ] = OutlierConfig.per_class,
+    seed: Annotated[int, typer.Option(help="Random seed of the forest and PCA.")] = (
+        OutlierConfig.seed
+    ),
 ) -> None:
     """Score every image for strangeness (PCA + Isolation Forest) into MANIFESTS/outliers.parquet.
 
     Outliers are flagged only; `curate split --drop-outliers` leaves them out of the split.
     """
-    with clean_errors(ManifestError, OSError, ValueError):
+    with clean_errors():
         config = OutlierConfig(
             components=components,
             contamination=parse_contamination(contamination),
@@ -337,24 +326,26 @@ def outliers(
 @app.command()
 def split(
     manifests: ManifestDir = Path("manifests"),
-    train: Annotated[float, typer.Option(help="Train fraction.", min=0.0)] = SplitConfig.train,
-    val: Annotated[float, typer.Option(help="Validation fraction.", min=0.0)] = SplitConfig.val,
-    test: Annotated[float, typer.Option(help="Test fraction.", min=0.0)] = SplitConfig.test,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same split.")] = 0,
+    train: Annotated[float, typer.Option(help="Train fraction.")] = SplitConfig.train,
+    val: Annotated[float, typer.Option(help="Validation fraction.")] = SplitConfig.val,
+    test: Annotated[float, typer.Option(help="Test fraction.")] = SplitConfig.test,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same split.")] = (
+        SplitConfig.seed
+    ),
     drop_outliers: Annotated[
         bool, typer.Option(help="Leave flagged outliers out of the split.")
-    ] = False,
+    ] = SplitConfig.drop_outliers,
     keep_source_splits: Annotated[
         bool,
         typer.Option(help="Keep the source's own split where it had one, and report its leakage."),
-    ] = False,
+    ] = SplitConfig.keep_source_splits,
 ) -> None:
     """Assign train/val/test into MANIFESTS/split.parquet, stratified and leakage-free.
 
     Stratified by label and grouped so that no duplicate cluster and no patient spans two
     splits. Excluded rows stay in the table, with split null and an excluded_reason.
     """
-    with clean_errors(ManifestError, SplitError, OSError):
+    with clean_errors():
         config = SplitConfig(
             train=train,
             val=val,
@@ -365,13 +356,9 @@ def split(
         )
         frame = run_split(manifests, config)
     console.print(frame_table(split_summary(frame), "Label by split"))
-    excluded = frame["excluded_reason"].dropna().str.split(":| of ", regex=True).str[0]
+    excluded = frame["excluded_reason"].value_counts()
     if not excluded.empty:
-        console.print(
-            frame_table(
-                excluded.value_counts().rename_axis("excluded").to_frame("rows"), "Excluded"
-            )
-        )
+        console.print(frame_table(excluded.rename_axis("excluded").to_frame("rows"), "Excluded"))
     straddling = straddling_groups(frame)
     if keep_source_splits or not straddling.empty:
         console.print(
@@ -392,9 +379,9 @@ def report(
     ),
 ) -> None:
     """Write one self-contained HTML report of the dataset and its curation (and a run)."""
-    from fracture_curate.report import build_report
+    from fracture_curate.report import build_report  # matplotlib loads only when needed
 
-    with clean_errors(ManifestError, OSError):
+    with clean_errors():
         path = build_report(manifests, out, run=run)
     console.print(f"wrote report {path.resolve()}")
 
@@ -403,26 +390,20 @@ def report(
 def synth(
     root: Annotated[Path, typer.Argument(help="Folder to write the generated dataset into.")],
     layout: Annotated[
-        str, typer.Option(help="Folder layout: class, split-class, class-split, mura or csv.")
+        str, typer.Option(help="Folder layout: " + ", ".join(SYNTH_LAYOUTS) + ".")
     ] = "split-class",
     classes: Annotated[
         str, typer.Option(help="Comma-separated class names (ignored by the mura layout).")
     ] = "fractured,not fractured",
-    per_class: Annotated[int, typer.Option(help="Original images per class.", min=1)] = 40,
-    size: Annotated[int, typer.Option(help="Image side in pixels.", min=32)] = 256,
+    per_class: Annotated[int, typer.Option(help="Original images per class.")] = 40,
+    size: Annotated[int, typer.Option(help="Image side in pixels (16 or more).")] = 256,
     plant: Annotated[
         bool, typer.Option(help="Plant duplicates, outliers and broken files, and record them.")
     ] = True,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Generate a synthetic radiograph-like dataset (with planted problems) for demos and tests."""
-    from fracture_curate.synthetic import LAYOUTS as SYNTH_LAYOUTS
-    from fracture_curate.synthetic import generate_dataset
-
-    if layout not in SYNTH_LAYOUTS:
-        with clean_errors(ValueError):
-            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(SYNTH_LAYOUTS)}")
-    with clean_errors(FileExistsError, OSError):
+    with clean_errors():
         record = generate_dataset(
             root,
             layout=layout,

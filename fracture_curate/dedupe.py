@@ -7,37 +7,30 @@ embeddings. Clusters are the connected components of all matched pairs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 
-from fracture_curate.geometry import GEOMETRY_THRESHOLD, neighbour_candidates, verify_pairs
+from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import (
-    ManifestError,
-    embedding_matrix,
-    read_stage,
-    write_stage,
-)
+from fracture_curate.manifest import dataset_root, read_stage, write_stage
+from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
+from fracture_curate.progress import ProgressCallback
+from fracture_curate.schema import DEDUPE_COLUMNS, MATCH_KINDS, empty_columns
+from fracture_curate.vectors import (
+    centred_unit_rows,
+    cosine_pairs,
+    embedding_matrix,
+    nearest_neighbours,
+    unit_rows,
+)
 
-#: Match kinds from the most to the least certain.
-MATCH_KINDS = ("bytes", "pixels", "phash", "embedding", "geometry")
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF"})
-
-DEDUPE_COLUMNS: dict[str, str] = {
-    "cluster_id": "Int64",
-    "cluster_size": "Int64",
-    "is_kept": "boolean",
-    "duplicate_of": "string",
-    "match_kind": "string",
-    "similarity": "Float64",
-    "label_conflict": "boolean",
-}
+_FLAG = Options((True, False))
 
 
 @dataclass(frozen=True)
@@ -52,6 +45,20 @@ class DedupeConfig:
     geometry_floor: float = 0.5  #: min plain embedding cosine for a neighbour to be checked
     geometry_threshold: int = GEOMETRY_THRESHOLD  #: min matched keypoints for a copy
     block: int = 2048  #: side of the similarity search's square tiles
+
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "phash_radius": Interval(0, HASH_BITS, integer=True),
+        "cosine_threshold": Interval(-1, 1),
+        "use_embeddings": _FLAG,
+        "geometry": _FLAG,
+        "geometry_neighbours": Interval(1, integer=True),
+        "geometry_floor": Interval(-1, 1),
+        "geometry_threshold": Interval(1, integer=True),
+        "block": Interval(1, integer=True),
+    }
+
+    def __post_init__(self) -> None:
+        check_params(self, self.CONSTRAINTS)
 
 
 @dataclass(frozen=True)
@@ -79,45 +86,13 @@ def exact_pairs(keys: pd.Series, kind: str) -> Pairs:
     return Pairs(left, right, np.full(len(left), MATCH_KINDS.index(kind)), np.ones(len(left)))
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row L2-normalised (a new array; all-zero rows stay zero)."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Subtract the mean and L2-normalise each row (float32, a new array)."""
-    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return unit_rows(vectors.astype(np.float32) - mean)
-
-
-def cosine_pairs(
-    unit: np.ndarray, threshold: float, *, block: int = 2048
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """All pairs ``i < j`` of unit rows with cosine >= ``threshold``, never an N x N matrix.
-
-    The upper triangle of the product is computed in ``block x block`` tiles (16 MiB at the
-    default), keeping just the pairs above the threshold: exact, and cache-friendly.
-    """
-    n = len(unit)
-    for row in range(0, n, block):
-        rows = unit[row : row + block]
-        for column in range(row, n, block):
-            similarity = rows @ unit[column : column + block].T
-            i, j = np.nonzero(similarity >= threshold)
-            if column == row:
-                upper = j > i
-                i, j = i[upper], j[upper]
-            if len(i):
-                yield i + row, j + column, similarity[i, j]
-
-
 def find_pairs(
     scan: pd.DataFrame,
     embeddings: pd.DataFrame | None,
     config: DedupeConfig,
     *,
     root: Path | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Pairs:
     """Every matched pair among the rows of ``scan`` (positions), layer by layer.
 
@@ -146,16 +121,11 @@ def find_pairs(
     if config.geometry and root is not None:
         # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences
         # a turned copy has, and ranked some sources below their copy's 10th neighbour.
-        i, j, _ = neighbour_candidates(
+        i, j, _ = nearest_neighbours(
             unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
         )
-        task = progress.add_task("verifying geometry", total=len(files)) if progress else None
-        scores = verify_pairs(
-            [root / path for path in files["path"]],
-            i,
-            j,
-            on_progress=(lambda n: progress.advance(task, n)) if progress else None,
-        )
+        paths = [root / path for path in files["path"]]
+        scores = verify_pairs(paths, i, j, on_progress=on_progress)
         i, j = i[scores >= config.geometry_threshold], j[scores >= config.geometry_threshold]
         similarity = np.einsum("ij,ij->i", unit[i], unit[j])
         parts.append(_layer_pairs(positions, i, j, "geometry", similarity))
@@ -203,19 +173,18 @@ def deduplicate(
     config: DedupeConfig = DedupeConfig(),
     *,
     root: str | Path | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """The scan table plus the dedupe columns (see ``manifests/README.md``).
 
     ``root`` is the dataset folder; without it the geometry layer is skipped.
     """
-    result = scan.copy()
-    for column, dtype in DEDUPE_COLUMNS.items():
-        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    result = empty_columns(scan, DEDUPE_COLUMNS)
     ok = scan[scan["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         return result
-    pairs = find_pairs(ok, embeddings, config, root=Path(root) if root else None, progress=progress)
+    root = Path(root) if root else None
+    pairs = find_pairs(ok, embeddings, config, root=root, on_progress=on_progress)
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)
@@ -259,7 +228,7 @@ def leakage(frame: pd.DataFrame) -> pd.DataFrame:
     """Duplicate clusters whose members sit in more than one source split, largest first."""
     members = frame[frame["cluster_size"].fillna(1) > 1].dropna(subset=["source_split"])
     groups = members.groupby("cluster_id")
-    report = pd.DataFrame(
+    spread = pd.DataFrame(
         {
             "splits": groups["source_split"].agg(lambda s: ", ".join(sorted(s.unique()))),
             "n_splits": groups["source_split"].nunique(),
@@ -267,7 +236,7 @@ def leakage(frame: pd.DataFrame) -> pd.DataFrame:
             "example": groups["path"].agg(lambda p: " | ".join(p.iloc[:3])),
         }
     )
-    return report[report["n_splits"] > 1].sort_values("size", ascending=False)
+    return spread[spread["n_splits"] > 1].sort_values("size", ascending=False)
 
 
 def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -296,20 +265,20 @@ def run_dedupe(
     config: DedupeConfig = DedupeConfig(),
     *,
     root: str | Path | None = None,
-    progress: Progress | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """Read ``scan`` (and ``embeddings``), deduplicate, write ``dedupe.parquet``.
 
-    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved).
+    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved); the
+    files are read again only by the geometry layer.
     """
     scan, provenance = read_stage(directory, "scan")
-    root = Path(root or provenance["params"]["root"])
-    if config.geometry and config.use_embeddings and not root.is_dir():
-        raise ManifestError(f"dataset folder {root} (from the scan) is missing; pass --root")
+    if config.geometry and config.use_embeddings:
+        root = dataset_root(provenance, root)
     embeddings, inputs = None, {"scan": provenance}
     if config.use_embeddings:
         embeddings, inputs["embed"] = read_stage(directory, "embed")
-    frame = deduplicate(scan, embeddings, config, root=root, progress=progress)
-    params = asdict(config) | {"root": str(root)}
+    frame = deduplicate(scan, embeddings, config, root=root, on_progress=on_progress)
+    params = asdict(config) | ({"root": str(root)} if root is not None else {})
     write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
     return frame

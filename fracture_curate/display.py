@@ -1,4 +1,8 @@
-"""Rich rendering shared by the CLI commands: progress bars, tables, one-line errors."""
+"""Rich rendering shared by the command lines: progress bars, tables, one-line errors.
+
+The only place (with the command lines) that knows about rich: library code reports progress
+through :class:`fracture_curate.progress.ProgressCallback`, drawn here by :class:`ProgressBars`.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
+
+from fracture_curate.errors import CurateError
 
 console = Console()
 error_console = Console(stderr=True, soft_wrap=True)
@@ -51,6 +58,24 @@ def make_progress(unit: str = "files") -> Progress:
     )
 
 
+class ProgressBars:
+    """A progress callback that draws each phase as a bar of ``progress``; a new phase replaces
+    the bar of the one before, so the last phase's bar stays on screen when the job ends."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.phase: str | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, phase: str, done: int, total: int, note: str = "") -> None:
+        if phase != self.phase:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.phase, self.task = phase, self.progress.add_task(phase, total=total)
+        description = f"{phase} {note}" if note else phase
+        self.progress.update(self.task, completed=done, total=total, description=description)
+
+
 def frame_table(frame: pd.DataFrame, title: str) -> Table:
     """A rich table of a small DataFrame, index included."""
     table = Table(title=title, title_justify="left")
@@ -64,11 +89,12 @@ def frame_table(frame: pd.DataFrame, title: str) -> Table:
 
 
 @contextmanager
-def clean_errors(*expected: type[BaseException]) -> Iterator[None]:
-    """Turn the expected exceptions into a one-line error and exit status 2, not a traceback."""
+def clean_errors() -> Iterator[None]:
+    """Turn the project's own errors (and the system's: a missing file, a full disk) into a
+    one-line message and exit status 2; anything else is a bug and keeps its traceback."""
     try:
         yield
-    except expected as error:
+    except (CurateError, OSError) as error:
         error_console.print(f"[bold red]error:[/] {error}")
         raise typer.Exit(code=2) from error
 

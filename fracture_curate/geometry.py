@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8
+from fracture_curate.progress import Phase, ProgressCallback
 
 WORK_SIDE = 384  #: long side, in pixels, of the grayscale image that keypoints are found in
 MAX_KEYPOINTS = 500  #: strongest SIFT keypoints kept per image
@@ -60,36 +61,6 @@ class Features:
     @classmethod
     def empty(cls) -> Features:
         return cls(np.empty((0, 2), np.float32), np.empty((0, 128), np.uint8), 1)
-
-
-def neighbour_candidates(
-    unit: np.ndarray, k: int, floor: float, block: int = 1024
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's ``k`` most similar other rows with cosine >= ``floor``, as pairs to verify.
-
-    ``unit`` holds L2-normalised rows (e.g. :func:`fracture_curate.dedupe.centred_unit_rows`).
-    Returns ``(i, j, cosine)`` with ``i < j``, each pair once, sorted by ``(i, j)``. Rows that
-    tie with a row's k-th best are kept too. The search runs in tiles of ``block`` rows, so memory
-    is ``2 x block x N`` floats, never N x N.
-    """
-    n = len(unit)
-    k = min(k, n - 1)
-    lefts, rights, cosines = [], [], []
-    for start in range(0, n if k > 0 else 0, block):
-        similarity = unit[start : start + block] @ unit.T
-        rows = np.arange(len(similarity))
-        similarity[rows, rows + start] = -np.inf  # not its own neighbour
-        kth = np.partition(similarity, n - k, axis=1)[:, n - k]
-        i, j = np.nonzero(similarity >= np.maximum(kth, floor)[:, None])
-        lefts.append(i + start)
-        rights.append(j)
-        cosines.append(similarity[i, j])
-    if not lefts:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, unit.dtype)
-    i, j, cosine = np.concatenate(lefts), np.concatenate(rights), np.concatenate(cosines)
-    low, high = np.minimum(i, j), np.maximum(i, j)
-    _, first = np.unique(low * n + high, return_index=True)
-    return low[first], high[first], cosine[first]
 
 
 def working_image(pixels: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
@@ -175,7 +146,7 @@ def verify_pairs(
     *,
     workers: int | None = None,
     chunk: int = 256,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """The score of each pair ``(paths[left[p]], paths[right[p]])``: higher is more surely a copy.
 
@@ -183,7 +154,7 @@ def verify_pairs(
     keeps the pair graph's images close together (reverse Cuthill-McKee); a pair is scored as soon
     as both of its images have features, and an image's features are dropped after its last
     pair, so memory follows the graph's locality rather than the number of images.
-    ``on_progress(n)`` is called as each chunk of ``n`` images is done.
+    Progress is reported as images are done, in a phase "verifying geometry".
     """
     left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
     scores = np.zeros(len(left), dtype=np.float64)
@@ -196,6 +167,7 @@ def verify_pairs(
     due_sorted, last_sorted = due[pairs_by_due], last[images_by_last]
 
     features: dict[int, Features] = {}
+    phase = Phase(on_progress, "verifying geometry", len(images))
 
     def score(pair: int) -> int:
         return pair_score(features[int(a[pair])], features[int(b[pair])])
@@ -211,8 +183,7 @@ def verify_pairs(
             low, high = np.searchsorted(last_sorted, [start, start + chunk])
             for k in images_by_last[low:high].tolist():
                 del features[k]
-            if on_progress is not None:
-                on_progress(len(batch))
+            phase.advance(len(batch))
     return scores
 
 

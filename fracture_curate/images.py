@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fracture_curate.errors import CurateError
+
 #: Pillow's own default limit; larger images are refused as probable decompression bombs.
 DEFAULT_MAX_PIXELS = 178_956_970
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(CurateError):
     """An image that cannot be used, with a manifest ``status`` and a one-line ``reason``."""
 
     def __init__(self, status: str, reason: str) -> None:

@@ -11,26 +11,23 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fracture_curate import __version__
+from fracture_curate.errors import CurateError
 
 METADATA_KEY = b"fracture_curate"
 
-#: The order in which stages run; each reads the manifest of the one before.
-STAGES = ("scan", "embed", "dedupe", "outliers", "split")
 
-
-class ManifestError(Exception):
+class ManifestError(CurateError):
     """A manifest that is missing, unreadable or not the one a stage expects."""
 
 
@@ -119,8 +116,8 @@ def write_stage(
 ) -> Path:
     """Write a stage's manifest into ``directory``, recording its inputs and carrying the
     dataset root forward from them (``params["root"]`` overrides it)."""
-    roots = (given["params"].get("root") for given in inputs.values())
-    params = {"root": next((root for root in roots if root), None)} | params
+    roots = (recorded_root(given) for given in inputs.values())
+    params = {"root": next((str(root) for root in roots if root), None)} | params
     path = manifest_path(directory, stage)
     return write_manifest(frame, path, stage=stage, params=params, inputs=inputs)
 
@@ -157,10 +154,22 @@ def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[st
     return frame, provenance
 
 
-def embedding_matrix(embeddings: pd.DataFrame, image_ids: Sequence[str]) -> np.ndarray:
-    """The rows of an ``embeddings.parquet`` table for ``image_ids``, in that order: N x D."""
-    vectors = embeddings.set_index("image_id").loc[list(image_ids), "embedding"]
-    return np.stack(vectors.to_list())
+def recorded_root(provenance: dict[str, Any]) -> Path | None:
+    """The dataset folder a manifest records (the scan's root, carried forward by each stage)."""
+    root = provenance.get("params", {}).get("root")
+    return Path(root) if root else None
+
+
+def dataset_root(provenance: dict[str, Any], override: str | Path | None = None) -> Path:
+    """The dataset folder a manifest's files are under: ``override`` (a dataset that moved), else
+    the one the scan recorded. An error that says to pass --root when it is not a folder."""
+    root = override if override is not None else recorded_root(provenance)
+    if root is None:
+        raise ManifestError("the manifest does not record its dataset folder; pass --root")
+    if not Path(root).is_dir():
+        given = "given" if override is not None else "recorded by the scan"
+        raise ManifestError(f"dataset folder {root} ({given}) is missing; pass --root")
+    return Path(root)
 
 
 def read_manifest(

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from fracture_curate.dedupe import unit_rows
-from fracture_curate.manifest import embedding_matrix, read_stage, write_stage
+from fracture_curate.manifest import read_stage, write_stage
+from fracture_curate.params import Constraints, Interval, Options, check_params
+from fracture_curate.schema import OUTLIER_COLUMNS, empty_columns
+from fracture_curate.vectors import embedding_matrix, unit_rows
 
-OUTLIER_COLUMNS: dict[str, str] = {"outlier_score": "Float64", "is_outlier": "boolean"}
 MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
 #: Iglewicz and Hoaglin's cut-off for the modified z-score, 0.6745 (x - median) / MAD.
 ROBUST_Z = 3.5
@@ -33,20 +35,25 @@ class OutlierConfig:
     n_estimators: int = 1000  #: more trees steady the scores (300 missed 1 of 8 planted outliers)
     seed: int = 0
 
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "components": (Interval(0, 1, closed="neither"), Interval(1, integer=True)),
+        "contamination": (Options(("robust", "auto")), Interval(0, 0.5, closed="right")),
+        "per_class": Options((True, False)),
+        "n_estimators": Interval(1, integer=True),
+        "seed": Interval(0, 2**32 - 1, integer=True),
+    }
+
+    def __post_init__(self) -> None:
+        check_params(self, self.CONSTRAINTS)
+
 
 def parse_contamination(text: str) -> float | str:
-    """``robust``, ``auto`` or an expected outlier fraction in (0, 0.5], from a command line."""
-    if text in ("robust", "auto"):
-        return text
+    """``--contamination`` from a command line: a number where the text is one, else the text
+    (``robust``, ``auto``); :class:`OutlierConfig` checks the value."""
     try:
-        fraction = float(text)
+        return float(text)
     except ValueError:
-        fraction = -1.0
-    if not 0 < fraction <= 0.5:
-        raise ValueError(
-            f"--contamination must be 'robust', 'auto' or a fraction in (0, 0.5], got {text!r}"
-        )
-    return fraction
+        return text
 
 
 def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +103,7 @@ def score_outliers(
 
     Each distinct file is scored once; duplicate rows share their file's score.
     """
-    result = frame.copy()
-    for column, dtype in OUTLIER_COLUMNS.items():
-        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
+    result = empty_columns(frame, OUTLIER_COLUMNS)
     usable = frame[(frame["status"] == "ok") & frame["image_id"].isin(embeddings["image_id"])]
     files = usable.drop_duplicates("image_id")
     if len(files) < 3:

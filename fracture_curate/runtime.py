@@ -1,5 +1,9 @@
 """How work is spread over the machine: the device, intra-op threads, worker processes and the
-memory allocator the CPU models run on."""
+memory allocator the CPU models run on.
+
+torch is imported where it is needed, not with this module, so that a command with nothing to
+compute does not pay the seconds torch takes to load.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+from fracture_curate.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: glibc's mallopt parameters (malloc.h) and Linux's prctl option (linux/prctl.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -20,15 +28,22 @@ _PR_SET_PDEATHSIG = 1
 _MMAP_THRESHOLD_MAX = 32 << 20
 
 
+def check_device_name(device: str) -> str:
+    """``device`` when it names one (auto, cpu, cuda or cuda:N), else a ConfigError."""
+    kind, _, index = device.partition(":")
+    if device != "auto" and (kind not in ("cpu", "cuda") or (index and not index.isdigit())):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a fallback."""
-    if device == "auto":
+    import torch
+
+    if check_device_name(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
     return torch.device(device)
 
 
@@ -38,12 +53,16 @@ def model_threads(on_cuda: bool, workers: int) -> int:
     Oversubscribed cores make PyTorch's thread pool spin: forward passes ran up to 100 times
     slower with a decoding process competing for two cores.
     """
+    import torch
+
     return torch.get_num_threads() if on_cuda else max(1, (os.cpu_count() or 1) - workers)
 
 
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run with ``count`` intra-op threads, restoring the previous setting afterwards."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

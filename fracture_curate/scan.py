@@ -10,11 +10,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from fracture_curate.errors import ConfigError
 from fracture_curate.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -22,44 +23,35 @@ from fracture_curate.images import (
     decode,
     open_image,
 )
-from fracture_curate.layouts import (
-    LAYOUTS,
-    LayoutError,
-    detect_layout,
-    labels_from_path,
-    read_label_csv,
-)
+from fracture_curate.layouts import LAYOUTS, detect_layout, labels_from_path, read_label_csv
 from fracture_curate.manifest import manifest_path, write_manifest
+from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import dihedral_phash
+from fracture_curate.progress import Phase, ProgressCallback
+from fracture_curate.schema import SCAN_COLUMNS
 
-DEFAULT_FORMATS = ("JPEG", "PNG")
 
-#: Column name -> pandas dtype of ``scan.parquet``, in order.
-SCAN_COLUMNS: dict[str, str] = {
-    "image_id": "string",
-    "path": "string",
-    "bytes": "Int64",
-    "status": "string",
-    "reason": "string",
-    "format": "string",
-    "extension": "string",
-    "label": "string",
-    "source_split": "string",
-    "patient_id": "string",
-    "study_id": "string",
-    "body_region": "string",
-    "width": "Int64",
-    "height": "Int64",
-    "mode": "string",
-    "bit_depth": "Int64",
-    "n_frames": "Int64",
-    "colour_count": "Int64",
-    "is_grayscale": "boolean",
-    "mean_intensity": "Float64",
-    "std_intensity": "Float64",
-    "pixel_sha256": "string",
-    "phash": "object",  # bytes: 8 orientations x 256-bit pHash (fracture_curate.phash)
-}
+@dataclass(frozen=True)
+class ScanConfig:
+    """How files are read: the folder layout labels come from, and which files are kept."""
+
+    layout: str = "auto"  #: one of LAYOUTS; "auto" detects it, a labels CSV implies "csv"
+    labels_csv: Path | None = None  #: CSV with path,label (and optional split, patient_id...)
+    formats: tuple[str, ...] = ("JPEG", "PNG")  #: formats kept (read from the content)
+    max_pixels: int = DEFAULT_MAX_PIXELS  #: decompression-bomb guard
+
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "layout": Options(LAYOUTS),
+        "max_pixels": Interval(1, integer=True),
+    }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", tuple(f.strip().upper() for f in self.formats))
+        check_params(self, self.CONSTRAINTS)
+        if not self.formats or not all(self.formats):
+            raise ConfigError(f"--formats must name at least one format; got {self.formats!r}")
+        if self.layout == "csv" and self.labels_csv is None:
+            raise ConfigError("layout 'csv' needs --labels FILE")
 
 
 @dataclass(frozen=True)
@@ -86,7 +78,7 @@ def inspect_file(
     root: Path,
     relative_path: str,
     *,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str] = ScanConfig.formats,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """One scan row (without labels) for one file. Never raises for a bad file."""
@@ -168,37 +160,28 @@ def pixel_hash(pixels: np.ndarray) -> str:
 
 def scan_dataset(
     root: str | Path,
+    config: ScanConfig = ScanConfig(),
     *,
-    layout: str = "auto",
-    labels_csv: str | Path | None = None,
-    formats: Sequence[str] = DEFAULT_FORMATS,
     workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     exclude: Sequence[Path] = (),
-    progress: Any = None,
+    on_progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Scan every file under ``root`` into a table, one row per file.
 
-    ``progress`` is an optional ``rich.progress.Progress`` to advance as files are inspected.
+    ``workers`` processes inspect the files (default: one per core); ``exclude`` folders are not
+    walked.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"dataset root {root} is not a folder")
-    if layout not in LAYOUTS:
-        raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if labels_csv is not None:
-        layout = "csv"
-    elif layout == "csv":
-        raise LayoutError("layout 'csv' needs --labels FILE")
+    layout = "csv" if config.labels_csv is not None else config.layout
     paths = list_files(root, exclude=exclude)
     if layout == "auto":
         layout = detect_layout(paths)
-    csv_labels = read_label_csv(labels_csv) if labels_csv is not None else {}
+    csv_labels = read_label_csv(config.labels_csv) if config.labels_csv is not None else {}
 
-    inspect = partial(
-        inspect_file, root, formats=tuple(f.upper() for f in formats), max_pixels=max_pixels
-    )
-    task = progress.add_task("scanning", total=len(paths)) if progress is not None else None
+    inspect = partial(inspect_file, root, formats=config.formats, max_pixels=config.max_pixels)
+    phase = Phase(on_progress, "scanning", len(paths))
     rows = []
     for row in _map(inspect, paths, workers):
         labels = (
@@ -207,8 +190,7 @@ def scan_dataset(
             else labels_from_path(row["path"], layout)
         )
         rows.append(row | asdict(labels) if labels is not None else row)
-        if progress is not None:
-            progress.advance(task)
+        phase.advance()
     frame = pd.DataFrame(rows, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
     unmatched = sorted(set(csv_labels) - set(paths))
     return ScanResult(frame=frame, layout=layout, unmatched_labels=unmatched)
@@ -217,32 +199,16 @@ def scan_dataset(
 def run_scan(
     root: str | Path,
     directory: str | Path,
+    config: ScanConfig = ScanConfig(),
     *,
-    layout: str = "auto",
-    labels_csv: str | Path | None = None,
-    formats: Sequence[str] = DEFAULT_FORMATS,
     workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: Any = None,
+    on_progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned)."""
     result = scan_dataset(
-        root,
-        layout=layout,
-        labels_csv=labels_csv,
-        formats=formats,
-        workers=workers,
-        max_pixels=max_pixels,
-        exclude=[Path(directory)],
-        progress=progress,
+        root, config, workers=workers, exclude=[Path(directory)], on_progress=on_progress
     )
-    params = {
-        "root": str(Path(root).resolve()),
-        "layout": result.layout,
-        "labels_csv": str(labels_csv) if labels_csv else None,
-        "formats": list(formats),
-        "max_pixels": max_pixels,
-    }
+    params = asdict(config) | {"root": str(Path(root).resolve()), "layout": result.layout}
     write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)
     return result
 

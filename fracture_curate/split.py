@@ -5,23 +5,22 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from fracture_curate.errors import CurateError
 from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import read_stage, write_stage
+from fracture_curate.params import Constraints, Interval, Options, check_params
+from fracture_curate.schema import SPLIT_COLUMNS, SPLITS, empty_columns
 
-SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS: dict[str, str] = {
-    "group_id": "Int64",
-    "split": "string",
-    "excluded_reason": "string",
-}
+_FLAG = Options((True, False))
 
 
-class SplitError(Exception):
-    """Fractions or data that cannot give the requested split."""
+class SplitError(CurateError):
+    """Data that cannot give the requested split (too few groups or images per label)."""
 
 
 @dataclass(frozen=True)
@@ -35,27 +34,58 @@ class SplitConfig:
     drop_outliers: bool = False
     keep_source_splits: bool = False
 
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "train": Interval(0, closed="neither"),
+        "val": Interval(0),
+        "test": Interval(0),
+        "seed": Interval(0, 2**32 - 1, integer=True),
+        "drop_outliers": _FLAG,
+        "keep_source_splits": _FLAG,
+    }
+
     def __post_init__(self) -> None:
-        fractions = (self.train, self.val, self.test)
-        if min(fractions) < 0 or self.train <= 0 or sum(fractions) <= 0:
-            raise SplitError(f"split fractions must be >= 0 with train > 0, got {fractions}")
+        check_params(self, self.CONSTRAINTS)
 
 
-def exclusion_reasons(frame: pd.DataFrame, drop_outliers: bool) -> pd.Series:
-    """Why each row is left out of the split (null for rows that take part), first reason wins."""
+def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
+    """Why each row is left out of the split: ``excluded_reason``, one of
+    :data:`~fracture_curate.schema.EXCLUSION_KINDS`, and ``excluded_detail``; both null for rows
+    that take part. The first kind that applies wins."""
     reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+    details = pd.Series(pd.NA, index=frame.index, dtype="string")
 
-    def mark(mask: pd.Series, reason: pd.Series | str) -> None:
+    def mark(mask: pd.Series, kind: pd.Series | str, detail: pd.Series | str) -> None:
         mask = mask.fillna(False).astype(bool) & reasons.isna()
-        reasons[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+        reasons[mask] = kind[mask] if isinstance(kind, pd.Series) else kind
+        details[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
 
-    mark(frame["status"] != "ok", frame["status"] + ": " + frame["reason"].fillna(""))
-    mark(frame["label"].isna(), "no label")
-    mark(frame["label_conflict"], "label conflict in duplicate cluster")
-    mark(~frame["is_kept"], "duplicate of " + frame["duplicate_of"].fillna("").str.slice(0, 12))
+    mark(frame["status"] != "ok", frame["status"], frame["reason"])
+    mark(frame["label"].isna(), "no_label", "the layout or labels CSV gives this file no label")
+    mark(frame["label_conflict"], "label_conflict", _conflict_details(frame))
+    mark(~frame["is_kept"], "duplicate", "copy of " + _kept_paths(frame))
     if drop_outliers:
-        mark(frame["is_outlier"], "outlier")
-    return reasons
+        scores = frame["outlier_score"].map(
+            lambda score: f"outlier score {score:.3f}", na_action="ignore"
+        )
+        mark(frame["is_outlier"], "outlier", scores.astype("string"))
+    return pd.DataFrame({"excluded_reason": reasons, "excluded_detail": details})
+
+
+def _conflict_details(frame: pd.DataFrame) -> pd.Series:
+    """For each clustered row, the labels its duplicate cluster holds: "labels fractured, not
+    fractured in one duplicate cluster"."""
+    labels = frame.groupby("cluster_id")["label"].agg(
+        lambda found: ", ".join(sorted(found.dropna().unique()))
+    )
+    return ("labels " + frame["cluster_id"].map(labels) + " in one duplicate cluster").astype(
+        "string"
+    )
+
+
+def _kept_paths(frame: pd.DataFrame) -> pd.Series:
+    """For each copy not kept, the path of the copy kept for its cluster."""
+    kept = frame[frame["is_kept"].fillna(False).astype(bool)].drop_duplicates("cluster_id")
+    return frame["cluster_id"].map(kept.set_index("cluster_id")["path"]).astype("string")
 
 
 def leakage_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -104,10 +134,9 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -
 
 def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
     """The outliers table plus ``group_id``, ``split`` and ``excluded_reason``."""
-    result = frame.copy()
-    for column, dtype in SPLIT_COLUMNS.items():
-        result[column] = pd.Series(pd.NA, index=result.index, dtype=dtype)
-    result["excluded_reason"] = exclusion_reasons(frame, config.drop_outliers)
+    result = empty_columns(frame, SPLIT_COLUMNS)
+    excluded = exclusions(frame, config.drop_outliers)
+    result[excluded.columns] = excluded
     eligible = result[result["excluded_reason"].isna()]
     if eligible.empty:
         raise SplitError("no row is eligible for the split (see excluded_reason)")

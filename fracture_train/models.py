@@ -20,13 +20,14 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
+from fracture_curate.errors import CurateError
 from fracture_curate.weights import IMAGENET, WeightsError, resolve_weights
 
 #: timm names whose ImageNet weights come from the verified offline torchvision file.
 TORCHVISION_IMAGENET = {"mobilenetv2_100": "torchvision MobileNetV2 (IMAGENET1K_V1)"}
 
 
-class ModelError(ValueError):
+class ModelError(CurateError):
     """A model, its weights or a freeze policy that cannot be used."""
 
 

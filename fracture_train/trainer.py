@@ -1,4 +1,4 @@
-"""``train``: fit a classifier on the train rows, select on val, report on test.
+"""``train``: fit a classifier on the train rows, select on val, evaluate on test.
 
 Everything is checked before training starts (manifest, files, model, weights, run folder,
 image decoding). Each epoch saves the last checkpoint and the resume state, and the best
@@ -9,161 +9,57 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from fracture_curate import __version__
 from fracture_curate.manifest import atomic_path, read_provenance
+from fracture_curate.model_input import Preprocessing
+from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
+from fracture_curate.schema import HISTORY_FILE
 from fracture_train.checkpoint import (
     BEST,
-    CONFIG_FILE,
-    FORMAT,
     LAST,
     RESUME_FILE,
-    CheckpointError,
+    RunConfig,
     load_model,
-    load_resume_state,
-    read_json,
+    read_run_config,
     save_resume_state,
     save_weights,
-    weights_epoch,
     weights_path,
-    write_json,
+    write_run_config,
 )
+from fracture_train.config import TrainConfig
 from fracture_train.data import (
-    AUGMENT_PRESETS,
-    CACHE_MODES,
     ImageDataset,
     ImageStore,
-    Preprocessing,
-    Rows,
     augmentation,
     fill_workers,
-    load_training_rows,
     loader_workers,
     make_loader,
 )
 from fracture_train.engine import (
-    OPTIMIZERS,
-    SCHEDULES,
     Criterion,
-    Runtime,
+    Placement,
     Schedule,
     class_weights,
     make_optimizer,
     predict,
     train_epoch,
 )
-from fracture_train.evaluate import predict_splits, write_report
-from fracture_train.metrics import classification_report, threshold_for_sensitivity
+from fracture_train.evaluate import predict_splits, write_evaluation
+from fracture_train.metrics import classification_metrics, threshold_for_sensitivity
 from fracture_train.models import build_model, freeze, num_outputs
 from fracture_train.plots import plot_history
-from fracture_train.report import ProgressTask
+from fracture_train.resume import LoopState, check_resume, check_run_folder, restore
+from fracture_train.rows import Rows, load_training_rows
 
-BALANCE = ("none", "weights", "sampler")
-SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")
-HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
-#: Options that may change when a run is resumed; every other option must stay the same.
-RESUMABLE = (
-    "manifest",
-    "out",
-    "root",
-    "epochs",
-    "patience",
-    "target_sensitivity",
-    "device",
-    "amp",
-    "channels_last",
-    "workers",
-    "cache",
-    "cache_dir",
-    "resume",
-)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of a training run (the CLI's options, one to one)."""
-
-    manifest: Path
-    out: Path
-    root: Path | None = None
-    model: str = "resnet18"
-    pretrained: bool = False
-    weights: Path | None = None
-    image_size: int = 224
-    freeze: str = "none"
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    step_every: int = 10
-    lr_factor: float = 0.1
-    plateau_patience: int = 2
-    epochs: int = 10
-    batch_size: int = 32
-    label_smoothing: float = 0.0
-    balance: str = "none"
-    augment: str = "standard"
-    patience: int = 5
-    select_metric: str = "loss"
-    target_sensitivity: float = 0.95
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    workers: int | None = None
-    cache: str = "memory"
-    cache_dir: Path | None = None
-    seed: int = 0
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        for name, choices in (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("balance", BALANCE),
-            ("augment", AUGMENT_PRESETS),
-            ("select_metric", SELECT_METRICS),
-            ("cache", CACHE_MODES),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
-                    f"choose one of {', '.join(choices)}"
-                )
-        if not 0 < self.target_sensitivity <= 1:
-            raise ValueError("--target-sensitivity must be in (0, 1]")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError("--label-smoothing must be in [0, 1)")
-        if min(self.epochs, self.batch_size, self.image_size, self.step_every) < 1:
-            raise ValueError("--epochs, --batch-size, --image-size and --step-every must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: paths as strings."""
-        return {
-            key: str(value) if isinstance(value, Path) else value
-            for key, value in asdict(self).items()
-        }
-
-
-@dataclass
-class LoopState:
-    """Where the epoch loop stands; saved with every epoch for ``resume``."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_value: float | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +76,7 @@ class _Fit:
     """The objects one training run works with."""
 
     model: torch.nn.Module
-    runtime: Runtime
+    placement: Placement
     train_loader: DataLoader
     val_loader: DataLoader
     generator: torch.Generator
@@ -192,40 +88,36 @@ class _Fit:
 def train_run(
     config: TrainConfig,
     *,
-    progress: Any = None,
+    on_progress: ProgressCallback | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainResult:
-    """Train, select and report as ``config`` says; returns the run's metrics.
+    """Train, select and evaluate as ``config`` says; returns the run's metrics.
 
-    ``progress`` is an optional ``rich.progress.Progress`` for decoding, batches and evaluation;
+    ``on_progress`` follows decoding, each epoch, validation and the final evaluation;
     ``on_epoch(row)`` receives each epoch's history row; ``log`` one-line notes.
     """
     out = Path(config.out)
     rows = load_training_rows(config.manifest, config.root)
-    _check_run_folder(out, config.resume)
+    check_run_folder(out, config.resume)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     outputs = num_outputs(len(rows.class_names))
     built = build_model(config.model, outputs, pretrained=config.pretrained, weights=config.weights)
     frozen = freeze(built.model, config.freeze)
     preprocessing = Preprocessing(config.image_size)
-    run_config = {
-        "format": FORMAT,
-        "tool_version": __version__,
-        "model": config.model,
-        "num_outputs": outputs,
-        "class_names": rows.class_names,
-        "positive_class": rows.positive_class,
-        "task": "multiclass" if rows.positive_class is None else "binary",
-        "preprocessing": asdict(preprocessing),
-        "initial_weights": built.weights,
-        "training": config.to_dict(),
-        "manifest_provenance": read_provenance(config.manifest),
-        "val_threshold": None,
-    }
+    run_config = RunConfig(
+        model=config.model,
+        num_outputs=outputs,
+        class_names=rows.class_names,
+        positive_class=rows.positive_class,
+        preprocessing=preprocessing,
+        initial_weights=built.weights,
+        training=config.to_dict(),
+        manifest_provenance=read_provenance(config.manifest),
+    )
     if config.resume:
-        _check_resume(out, run_config)
+        check_resume(out, run_config)
     _log_setup(log, rows, built.weights, frozen, device, config)
     store = ImageStore(
         [rows.root / path for path in rows.frame["path"]],
@@ -234,22 +126,21 @@ def train_run(
         config.cache,
         config.cache_dir or out / "cache",
     )
-    with ProgressTask(progress, "decoding", len(store.missing())) as task:
-        decoded = store.fill(fill_workers(config.workers), task.advance)
+    decoded = store.fill(fill_workers(config.workers), on_progress)
     if config.cache != "none":
         log(f"cache: {config.cache}, {decoded} image(s) decoded at {config.image_size}px")
     if not config.resume:
-        write_json(out / CONFIG_FILE, run_config)
+        write_run_config(out, run_config)
 
-    runtime = Runtime.create(
+    placement = Placement.create(
         device, preprocessing, amp=config.amp, channels_last=config.channels_last
     )
-    fit = _set_up(config, rows, store, runtime, built.model)
+    fit = _set_up(config, rows, store, placement, built.model)
     threads = model_threads(device.type == "cuda", fit.train_loader.num_workers)
     with torch_threads(threads):
-        loop, history = _train(out, fit, config, rows, progress, on_epoch, log)
+        loop, history = _train(out, fit, config, rows, on_progress, on_epoch, log)
         plot_history(pd.DataFrame(history), out / CURVES_FILE)
-        metrics = _final_report(out, rows, store, fit, config, run_config, loop, progress)
+        metrics = _evaluate_best(out, rows, store, fit, config, run_config, loop, on_progress)
     return TrainResult(out=out, metrics=metrics, history=pd.DataFrame(history))
 
 
@@ -258,21 +149,21 @@ def _train(
     fit: _Fit,
     config: TrainConfig,
     rows: Rows,
-    progress: Any,
+    on_progress: ProgressCallback | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
     log: Callable[[str], None],
 ) -> tuple[LoopState, list[dict[str, Any]]]:
     """The epoch loop, from the start or after the last finished epoch; saves every epoch."""
     loop, history = LoopState(), []
     if config.resume:
-        loop, history = _restore(out, fit)
+        loop, history = restore(out, fit.model, fit.optimizer, fit.schedule)
         log(f"resuming after epoch {loop.epoch} (best so far: epoch {loop.best_epoch})")
         if loop.stopped_early:
             log("the run had stopped early; nothing left to train")
     for epoch in range(loop.epoch + 1, config.epochs + 1):
         if loop.stopped_early:
             break
-        row = _epoch(fit, epoch, config, rows, progress)
+        row = _epoch(fit, epoch, config, rows, on_progress)
         row["best"] = _improves(row[f"val_{config.select_metric}"], loop, config.select_metric)
         if row["best"]:
             loop.best_epoch, loop.best_value = epoch, row[f"val_{config.select_metric}"]
@@ -295,10 +186,14 @@ def _train(
 
 
 def _set_up(
-    config: TrainConfig, rows: Rows, store: ImageStore, runtime: Runtime, model: torch.nn.Module
+    config: TrainConfig,
+    rows: Rows,
+    store: ImageStore,
+    placement: Placement,
+    model: torch.nn.Module,
 ) -> _Fit:
-    """Loaders, loss, optimizer and schedule for ``model``, moved to the runtime's device."""
-    on_cuda = runtime.device.type == "cuda"
+    """Loaders, loss, optimizer and schedule for ``model``, moved to the placement's device."""
+    on_cuda = placement.device.type == "cuda"
     workers = loader_workers(config.workers, on_cuda, config.cache)
     targets = rows.frame["target"].to_numpy()
     train_rows, val_rows = rows.split("train"), rows.split("val")
@@ -324,7 +219,7 @@ def _set_up(
     if config.balance == "weights":
         weights = class_weights(targets[train_rows], len(rows.class_names))
     criterion = Criterion(rows.positive_class is not None, weights, config.label_smoothing)
-    model = runtime.prepare(model)
+    model = placement.prepare(model)
     optimizer = make_optimizer(model, config.optimizer, config.lr, config.weight_decay)
     schedule = Schedule(
         optimizer,
@@ -338,17 +233,19 @@ def _set_up(
     )
     return _Fit(
         model=model,
-        runtime=runtime,
+        placement=placement,
         train_loader=train_loader,
         val_loader=val_loader,
         generator=generator,
-        criterion=criterion.to(runtime.device),
+        criterion=criterion.to(placement.device),
         optimizer=optimizer,
         schedule=schedule,
     )
 
 
-def _epoch(fit: _Fit, epoch: int, config: TrainConfig, rows: Rows, progress: Any) -> dict[str, Any]:
+def _epoch(
+    fit: _Fit, epoch: int, config: TrainConfig, rows: Rows, on_progress: ProgressCallback | None
+) -> dict[str, Any]:
     """Train one epoch and validate; the epoch's history row (without "best").
 
     Each epoch seeds its own shuffling and augmentation, so a resumed run sees the same data
@@ -359,23 +256,28 @@ def _epoch(fit: _Fit, epoch: int, config: TrainConfig, rows: Rows, progress: Any
     lr = fit.schedule.lr
     loader = fit.train_loader
     images = len(loader) * config.batch_size if loader.drop_last else len(loader.dataset)
-    with ProgressTask(progress, f"epoch {epoch}/{config.epochs}", images) as task:
-        stats = train_epoch(
-            fit.model, loader, fit.optimizer, fit.criterion, fit.runtime, fit.schedule, task.advance
-        )
-    with ProgressTask(progress, "validating", len(fit.val_loader.dataset)) as task:
-        probs, targets, val_loss = predict(fit.model, fit.val_loader, fit.runtime, task.advance)
+    stats = train_epoch(
+        fit.model,
+        loader,
+        fit.optimizer,
+        fit.criterion,
+        fit.placement,
+        fit.schedule,
+        Phase(on_progress, f"epoch {epoch}/{config.epochs}", images),
+    )
+    validating = Phase(on_progress, "validating", len(fit.val_loader.dataset))
+    probs, targets, val_loss = predict(fit.model, fit.val_loader, fit.placement, validating)
     fit.schedule.after_epoch(val_loss)
-    report = classification_report(targets, probs, rows.class_names, positive=rows.positive_index)
+    metrics = classification_metrics(targets, probs, rows.class_names, positive=rows.positive_index)
     return {
         "epoch": epoch,
         "lr": lr,
         "train_loss": stats.loss,
         "train_accuracy": stats.accuracy,
         "val_loss": val_loss,
-        "val_accuracy": report["accuracy"],
-        "val_balanced_accuracy": report["balanced_accuracy"],
-        "val_auroc": report["auroc"],
+        "val_accuracy": metrics["accuracy"],
+        "val_balanced_accuracy": metrics["balanced_accuracy"],
+        "val_auroc": metrics["auroc"],
         "images_per_s": stats.images_per_second,
         "seconds": stats.seconds,
     }
@@ -390,32 +292,31 @@ def _save_epoch(out: Path, fit: _Fit, loop: LoopState, history: list[dict[str, A
         pd.DataFrame(history).to_csv(temp, index=False)
 
 
-def _final_report(
+def _evaluate_best(
     out: Path,
     rows: Rows,
     store: ImageStore,
     fit: _Fit,
     config: TrainConfig,
-    run_config: dict[str, Any],
+    run_config: RunConfig,
     loop: LoopState,
-    progress: Any,
+    on_progress: ProgressCallback | None,
 ) -> dict[str, Any]:
     """Reload the best checkpoint from disk (as a user would), predict val and test, choose the
-    threshold on val, and write the report."""
+    threshold on val, and write the evaluation."""
     model, _ = load_model(out, BEST)
     splits = {"val": rows.split("val"), "test": rows.split("test")}
     total = sum(len(positions) for positions in splits.values())
-    with ProgressTask(progress, "final evaluation", total) as task:
-        results = predict_splits(
-            fit.runtime.prepare(model),
-            rows,
-            store,
-            fit.runtime,
-            splits,
-            batch_size=config.batch_size,
-            workers=fit.val_loader.num_workers,
-            on_batch=task.advance,
-        )
+    results = predict_splits(
+        fit.placement.prepare(model),
+        rows,
+        store,
+        fit.placement,
+        splits,
+        batch_size=config.batch_size,
+        workers=fit.val_loader.num_workers,
+        phase=Phase(on_progress, "final evaluation", total),
+    )
     threshold = None
     if rows.positive_index is not None:
         val = results[0]
@@ -434,13 +335,13 @@ def _final_report(
     header = {
         "run": str(out),
         "model": config.model,
-        "initial_weights": run_config["initial_weights"],
+        "initial_weights": run_config.initial_weights,
         "manifest": str(config.manifest),
-        "task": run_config["task"],
+        "task": run_config.task,
         "selection": selection,
         "target_sensitivity": config.target_sensitivity,
     }
-    metrics = write_report(
+    metrics = write_evaluation(
         out,
         rows,
         results,
@@ -448,54 +349,9 @@ def _final_report(
         header=header,
         provenance={"run": str(out), "manifest": str(config.manifest), "checkpoint": BEST},
     )
-    saved = read_json(out / CONFIG_FILE)
-    write_json(out / CONFIG_FILE, saved | {"val_threshold": threshold, "selection": selection})
+    saved = read_run_config(out)
+    write_run_config(out, replace(saved, val_threshold=threshold, selection=selection))
     return metrics
-
-
-def _check_run_folder(out: Path, resume: bool) -> None:
-    """A new run needs a folder without a finished epoch; a resumed one needs one with."""
-    has_epochs = (out / RESUME_FILE).exists()
-    if resume and not has_epochs:
-        raise CheckpointError(f"--resume: {out} holds no run to resume ({RESUME_FILE} missing)")
-    if not resume and has_epochs:
-        raise CheckpointError(f"{out} already holds a run; pass --resume or choose another --out")
-
-
-def _check_resume(out: Path, run_config: dict[str, Any]) -> None:
-    """The resumed run must have the same classes, model and training options."""
-    saved = read_json(out / CONFIG_FILE)
-    if saved.get("class_names") != run_config["class_names"]:
-        raise CheckpointError(
-            f"--resume: the manifest's classes {run_config['class_names']} differ from the "
-            f"run's {saved.get('class_names')}"
-        )
-    old, new = saved.get("training", {}), run_config["training"]
-    changed = [
-        f"{name.replace('_', '-')} {old.get(name)!r} -> {new[name]!r}"
-        for name in (field.name for field in fields(TrainConfig))
-        if name not in RESUMABLE and old.get(name) != new[name]
-    ]
-    if changed:
-        raise CheckpointError(
-            "--resume needs the run's own options; changed: " + "; ".join(changed)
-        )
-
-
-def _restore(out: Path, fit: _Fit) -> tuple[LoopState, list[dict[str, Any]]]:
-    """Load the last weights, the optimizer, schedule and loop state, and the history so far."""
-    state = load_resume_state(out / RESUME_FILE, fit.optimizer)
-    loop = LoopState(**state["loop"])
-    if weights_epoch(weights_path(out, LAST)) != loop.epoch:
-        raise CheckpointError(
-            f"{out}: last.safetensors and {RESUME_FILE} are from different epochs "
-            "(the run was killed while saving); start a new run"
-        )
-    fit.model.load_state_dict(load_file(weights_path(out, LAST)))
-    fit.schedule.load_state_dict(state["schedule"])
-    history = pd.read_csv(out / HISTORY_FILE)
-    history = history[history["epoch"] <= loop.epoch]
-    return loop, history.to_dict("records")
 
 
 def _improves(value: float, loop: LoopState, metric: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,13 +12,21 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
-from fracture_curate.dedupe import DedupeConfig, cosine_pairs, deduplicate, leakage
+from fracture_curate.dedupe import DedupeConfig, deduplicate, leakage, run_dedupe
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import manifest_path, read_manifest, read_provenance
-from fracture_curate.outliers import OutlierConfig, robust_flags, score_outliers
-from fracture_curate.scan import run_scan, scan_dataset
-from fracture_curate.split import SplitConfig, SplitError, make_split, straddling_groups
+from fracture_curate.outliers import OutlierConfig, robust_flags, run_outliers, score_outliers
+from fracture_curate.scan import ScanConfig, run_scan, scan_dataset
+from fracture_curate.schema import EMBEDDING_COLUMNS, EXCLUSION_KINDS, table_columns
+from fracture_curate.split import (
+    SplitConfig,
+    SplitError,
+    make_split,
+    run_split,
+    straddling_groups,
+)
 from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset
+from fracture_curate.vectors import cosine_pairs
 
 runner = CliRunner()
 
@@ -181,10 +191,17 @@ def test_excluded_rows_stay_with_their_reason(deduped, planted):
     excluded = result[result["split"].isna()]
     assert excluded["excluded_reason"].notna().all()
     reasons = excluded["excluded_reason"]
-    assert reasons.str.startswith("duplicate of").any()
-    assert (reasons == "label conflict in duplicate cluster").any()
-    assert reasons.str.startswith("truncated").any() and reasons.str.startswith("empty").any()
+    assert set(reasons) <= set(EXCLUSION_KINDS)
+    assert {"duplicate", "label_conflict", "truncated", "empty", "outlier"} <= set(reasons)
     assert result["excluded_reason"].notna().sum() >= (frame["status"] != "ok").sum()
+    assert excluded["excluded_detail"].notna().all()
+    by_path = result.set_index("path")
+    for row in excluded[reasons == "duplicate"].itertuples():
+        kept = by_path.loc[row.excluded_detail.removeprefix("copy of ")]
+        assert kept["is_kept"] and kept["image_id"] == row.duplicate_of
+    scan_failures = excluded[excluded["status"] != "ok"]
+    assert (scan_failures["excluded_reason"] == scan_failures["status"]).all()
+    assert (scan_failures["excluded_detail"] == scan_failures["reason"]).all()
 
 
 def test_keep_source_splits_keeps_them(deduped, planted):
@@ -196,7 +213,7 @@ def test_keep_source_splits_keeps_them(deduped, planted):
 def test_too_few_groups_is_a_clear_error(tmp_path):
     for index in range(3):
         Image.fromarray(np.full((32, 32), index * 80, np.uint8)).save(tmp_path / f"{index}.png")
-    frame = deduplicate(scan_dataset(tmp_path, layout="none", workers=1).frame, None)
+    frame = deduplicate(scan_dataset(tmp_path, ScanConfig(layout="none"), workers=1).frame, None)
     frame["label"] = "a"
     frame = frame.assign(outlier_score=0.0, is_outlier=False)
     with pytest.raises(SplitError, match="independent groups"):
@@ -223,7 +240,7 @@ def test_cli_runs_the_stages_in_order_with_clear_errors(planted, tmp_path):
         command = ["outliers", "--manifests", str(manifests), "--contamination", level]
         wrong = runner.invoke(app, command)
         assert wrong.exit_code == 2 and "Traceback" not in wrong.output
-        assert "--contamination must be 'robust', 'auto' or a fraction" in wrong.output
+        assert "--contamination must be 'robust', 'auto' or a number in (0, 0.5]" in wrong.output
 
 
 def test_dedupe_without_embeddings_still_finds_exact_and_flipped(planted):
@@ -256,3 +273,20 @@ def test_a_stage_made_from_an_older_input_is_a_clear_error(tmp_path):
     embed_manifest(manifests, EmbedConfig(weights="random", image_size=32), workers=0)
     for stage in ("dedupe", "outliers", "split"):
         assert runner.invoke(app, [stage, "--manifests", str(manifests)]).exit_code == 0
+
+
+def test_every_manifest_has_exactly_the_schema_s_columns_and_dtypes(planted, tmp_path):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(planted["manifests"], manifests)
+    run_dedupe(manifests, DedupeConfig(geometry=False))
+    run_outliers(manifests)
+    run_split(manifests)
+    for stage in ("scan", "dedupe", "outliers", "split"):
+        frame = read_manifest(manifest_path(manifests, stage), stage=stage)
+        expected = table_columns(stage)
+        assert list(frame.columns) == list(expected), stage
+        for column, dtype in expected.items():
+            if dtype != "object":  # object columns (the pHash bytes) are whatever pandas reads
+                assert frame[column].dtype == pd.Series(dtype=dtype).dtype, (stage, column)
+    embeddings = read_manifest(manifest_path(manifests, "embed"), stage="embed")
+    assert list(embeddings.columns) == list(EMBEDDING_COLUMNS)

@@ -18,15 +18,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
-from fracture_curate.embed import (
-    EmbedConfig,
-    MobileNetV2Embedder,
-    embed_manifest,
-    inference_model,
-    preprocess,
-)
-from fracture_curate.manifest import embedding_matrix, read_manifest, read_provenance
+from fracture_curate.embed import EmbedConfig, embed_manifest
+from fracture_curate.embedder import MobileNetV2Embedder, inference_model
+from fracture_curate.manifest import read_manifest, read_provenance
+from fracture_curate.model_input import preprocess
 from fracture_curate.scan import run_scan
+from fracture_curate.vectors import embedding_matrix
 from fracture_curate.weights import IMAGENET_SHA256, WeightsError, resolve_weights
 
 runner = CliRunner()
@@ -130,6 +127,52 @@ def test_rerun_embeds_only_what_is_missing(tmp_path):
     assert (first.embedded, second.reused, second.embedded) == (5, 5, 1)
     changed = embed_manifest(manifests, EmbedConfig(weights="random", image_size=96), workers=0)
     assert (changed.reused, changed.embedded) == (0, 6)  # other settings: nothing mixed
+
+
+def test_nothing_to_embed_loads_no_model_and_leaves_the_manifests_valid(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(3):
+        save_gray(data / f"a/{index}.png", noise_image(index))
+    scan_into(data, manifests)
+    embed_manifest(manifests, FAST, workers=0)
+    written = read_provenance(manifests / "embeddings.parquet")
+    # In a fresh process, as a user's second `curate embed` runs: torch is never imported.
+    script = (
+        "import sys\n"
+        "from fracture_curate.embed import EmbedConfig, embed_manifest\n"
+        f"result = embed_manifest({str(manifests)!r}, EmbedConfig(weights='random', "
+        "image_size=64))\n"
+        "print(result.embedded, result.reused, 'torch' in sys.modules)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.split() == ["0", "3", "False"]
+    # The file is left as it is, so a dedupe made from it stays valid.
+    assert read_provenance(manifests / "embeddings.parquet")["run_id"] == written["run_id"]
+    scan_into(data, manifests)  # a new scan of the same files: rewritten for the new scan
+    again = embed_manifest(manifests, FAST, workers=0)
+    assert (again.embedded, again.reused) == (0, 3)
+    rewritten = read_provenance(manifests / "embeddings.parquet")
+    assert rewritten["run_id"] != written["run_id"]
+    assert rewritten["inputs"]["scan"] == read_provenance(manifests / "scan.parquet")["run_id"]
+
+
+def test_embedding_reports_progress_through_the_callback(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(5):
+        save_gray(data / f"a/{index}.png", noise_image(index))
+    scan_into(data, manifests)
+    calls = []
+    embed_manifest(
+        manifests,
+        FAST,
+        workers=0,
+        batch_size=2,
+        on_progress=lambda phase, done, total, note="": calls.append((phase, done, total)),
+    )
+    assert calls[0] == ("embedding", 0, 5) and calls[-1] == ("embedding", 5, 5)
+    assert [done for _, done, _ in calls] == [0, 2, 4, 5]
 
 
 def _default_sigint() -> None:

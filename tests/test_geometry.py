@@ -7,9 +7,10 @@ import pytest
 from helpers import save_gray
 from PIL import Image
 
-from fracture_curate.geometry import GEOMETRY_THRESHOLD, neighbour_candidates, verify_pairs
+from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
 from fracture_curate.images import to_rgb8
 from fracture_curate.synthetic import draw_phantom
+from fracture_curate.vectors import nearest_neighbours
 
 
 def turned(image: Image.Image, angle: float) -> Image.Image:
@@ -105,6 +106,6 @@ def test_candidates_equal_brute_force_top_k(n, k, floor, block):
     rng = np.random.default_rng(n)
     unit = rng.standard_normal((n, 12)).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    i, j, cosine = neighbour_candidates(unit, k, floor, block)
+    i, j, cosine = nearest_neighbours(unit, k, floor, block)
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_candidates(unit, k, floor)
     np.testing.assert_allclose(cosine, np.einsum("ij,ij->i", unit[i], unit[j]), atol=1e-5)

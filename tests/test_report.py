@@ -28,10 +28,10 @@ from fracture_curate.manifest import (
     write_manifest,
 )
 from fracture_curate.outliers import run_outliers
-from fracture_curate.report import SECTIONS, build_report, planted_vs_found
+from fracture_curate.report import SECTIONS, build_report
 from fracture_curate.scan import run_scan
 from fracture_curate.split import run_split
-from fracture_curate.synthetic import generate_dataset
+from fracture_curate.synthetic import generate_dataset, planted_vs_found
 
 #: Screenshot and copy of the report rendered by the browser test (git-ignored).
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -187,7 +187,8 @@ def test_outliers_map_and_split(pipeline):
     assert 'alt="PCA map of the embeddings"' in section(text, "embedding-map")
     split = section(text, "split")
     assert "no duplicate cluster or patient spans two splits" in split
-    assert "label conflict in duplicate cluster" in split and "duplicate of a kept copy" in split
+    assert "<th>label_conflict</th>" in split and "<th>duplicate</th>" in split
+    assert html.escape("takes 'fractured' as the positive (finding) class") in split
     used = frame["split"].notna().sum()
     assert "<th>total</th><td>" in split and f"<td>{used}</td></tr>" in split
 

@@ -14,9 +14,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
-from fracture_curate.layouts import LayoutError, detect_layout
+from fracture_curate.layouts import (
+    FileLabels,
+    LayoutError,
+    detect_layout,
+    labels_from_path,
+    layout_folder,
+)
 from fracture_curate.manifest import read_manifest, read_provenance
-from fracture_curate.scan import SCAN_COLUMNS, scan_dataset
+from fracture_curate.scan import ScanConfig, scan_dataset
+from fracture_curate.schema import SCAN_COLUMNS
 
 runner = CliRunner()
 
@@ -86,7 +93,7 @@ def test_labels_csv(tmp_path):
         "images/b.png,not fractured,Test,p2\n"
         "images/missing.png,fractured,train,p3\n"
     )
-    result = scan_dataset(tmp_path, labels_csv=csv, workers=1)
+    result = scan_dataset(tmp_path, ScanConfig(labels_csv=csv), workers=1)
     assert result.layout == "csv"
     frame = result.frame.set_index("path")
     assert frame.loc["images/a.png", "label"] == "fractured"
@@ -102,13 +109,13 @@ def test_labels_csv_without_label_column_is_a_clear_error(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("path,diagnosis\na.png,fractured\n")
     with pytest.raises(LayoutError, match="lacks column"):
-        scan_dataset(tmp_path, labels_csv=csv, workers=1)
+        scan_dataset(tmp_path, ScanConfig(labels_csv=csv), workers=1)
 
 
 def test_forced_layout_overrides_detection(tmp_path):
     write_tree(tmp_path, ["train/fractured/a.png", "train/fractured/b.png"])
     assert detect_layout(["train/fractured/a.png"]) == "split-class"
-    result = scan_dataset(tmp_path, layout="class", workers=1)
+    result = scan_dataset(tmp_path, ScanConfig(layout="class"), workers=1)
     assert result.frame["label"].tolist() == ["train", "train"]
 
 
@@ -173,7 +180,7 @@ def test_unreadable_permissions(tmp_path):
 
 def test_format_is_read_from_content_not_name(tmp_path):
     save_gray(tmp_path / "fractured/looks-like.jpg", noise_image(1), format="PNG")
-    frame = scan_dataset(tmp_path, workers=1, formats=["JPEG"]).frame
+    frame = scan_dataset(tmp_path, ScanConfig(formats=("JPEG",)), workers=1).frame
     assert frame.loc[0, "format"] == "PNG"
     assert frame.loc[0, "extension"] == "jpg"
     assert frame.loc[0, "status"] == "dropped_format"
@@ -236,3 +243,31 @@ def test_output_folder_inside_root_is_not_scanned(tmp_path):
     for _ in range(2):
         assert runner.invoke(app, ["scan", str(tmp_path), "--out", str(out)]).exit_code == 0
     assert read_manifest(out / "scan.parquet")["path"].tolist() == ["fractured/a.png"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "folder_args", "labels"),
+    [
+        ("class", ("not fractured",), FileLabels(label="not fractured")),
+        ("split-class", ("fractured", "Valid"), FileLabels("fractured", "val")),
+        ("class-split", ("Greenstick", "Train"), FileLabels("Greenstick", "train")),
+        (
+            "mura",
+            ("positive", "valid"),
+            FileLabels("positive", "val", "patient00007", "patient00007/study2", "WRIST"),
+        ),
+    ],
+)
+def test_a_layout_s_folder_reads_back_as_its_labels(layout, folder_args, labels):
+    extra = {"region": "WRIST", "patient": "patient00007", "study": "study2"}
+    folder = layout_folder(layout, *folder_args, **(extra if layout == "mura" else {}))
+    assert labels_from_path(f"{folder}/image1.png", layout) == labels
+    with pytest.raises(LayoutError):
+        layout_folder("csv", "fractured")
+
+
+def test_scan_reports_progress_through_the_callback(tmp_path):
+    write_tree(tmp_path, [f"a/{index}.png" for index in range(3)])
+    calls = []
+    scan_dataset(tmp_path, workers=1, on_progress=lambda *call: calls.append(call))
+    assert [call[:3] for call in calls] == [("scanning", done, 3) for done in range(4)]

@@ -18,22 +18,23 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fracture_curate.manifest import read_manifest, read_provenance, write_manifest
+from fracture_curate.model_input import Preprocessing
 from fracture_curate.scan import scan_dataset
 from fracture_curate.synthetic import generate_dataset
-from fracture_train.checkpoint import CheckpointError, load_model
-from fracture_train.cli import app
-from fracture_train.data import (
-    DataError,
-    ImageDataset,
-    ImageStore,
-    Preprocessing,
-    class_order,
-    load_training_rows,
-    make_loader,
+from fracture_train.checkpoint import (
+    CheckpointError,
+    RunConfig,
+    load_model,
+    read_run_config,
+    write_run_config,
 )
-from fracture_train.engine import Runtime, predict
+from fracture_train.cli import app
+from fracture_train.config import TrainConfig
+from fracture_train.data import ImageDataset, ImageStore, make_loader
+from fracture_train.engine import Placement, predict
 from fracture_train.evaluate import evaluate_run
-from fracture_train.trainer import TrainConfig, train_run
+from fracture_train.rows import DataError, class_order, load_training_rows
+from fracture_train.trainer import train_run
 
 runner = CliRunner()
 CNN = "fracture_train.models:two_block_cnn"
@@ -171,10 +172,10 @@ def test_a_reloaded_checkpoint_predicts_identically(trained):
     test = saved[saved["split"] == "test"]
     manifest = Path(trained.metrics["manifest"])
     root = Path(read_provenance(manifest)["params"]["root"])
-    size = run_config["preprocessing"]["image_size"]
+    size = run_config.preprocessing.image_size
     store = ImageStore([root / p for p in test["path"]], test["image_id"].tolist(), size, "none")
     targets = (test["label"] == "fractured").astype(int).to_numpy()
-    preprocessing = Preprocessing(**run_config["preprocessing"])
+    preprocessing = run_config.preprocessing
     model = model.eval()
     # the run's own settings (batch 12, channels_last) give bit-identical probabilities;
     # another batch size and memory layout agree to float32 rounding
@@ -185,10 +186,10 @@ def test_a_reloaded_checkpoint_predicts_identically(trained):
             workers=0,
             pin_memory=False,
         )
-        runtime = Runtime.create(
+        placement = Placement.create(
             torch.device("cpu"), preprocessing, amp=False, channels_last=channels_last
         )
-        probs, _, _ = predict(runtime.prepare(model), loader, runtime)
+        probs, _, _ = predict(placement.prepare(model), loader, placement)
         np.testing.assert_allclose(probs[:, 1], test["prob_fractured"], rtol=0, atol=tolerance)
         assert ((probs[:, 1] >= 0.5) == (test["predicted_label"] == "fractured")).all()
 
@@ -401,3 +402,28 @@ def test_mobilenetv2_fine_tunes_from_imagenet_weights_through_the_trainer(easy, 
     assert run_config["initial_weights"].startswith("ImageNet: torchvision MobileNetV2")
     assert result.history["train_loss"].iloc[0] < 2  # a small fresh head, not timm's +-1 init
     assert result.metrics["test"]["n"] == 12
+
+
+def test_a_run_config_round_trips_and_garbage_is_refused(tmp_path):
+    config = RunConfig(
+        model="resnet18",
+        num_outputs=1,
+        class_names=["not fractured", "fractured"],
+        positive_class="fractured",
+        preprocessing=Preprocessing(image_size=96),
+        initial_weights="random initialisation",
+        training={"lr": 0.001},
+        manifest_provenance={"stage": "split"},
+        val_threshold=0.25,
+    )
+    write_run_config(tmp_path, config)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert list(written)[:2] == ["format", "tool_version"] and written["task"] == "binary"
+    assert read_run_config(tmp_path) == config
+    (tmp_path / "config.json").write_text(json.dumps(written | {"format": "other/9"}))
+    with pytest.raises(CheckpointError, match="not a fracture-train run config"):
+        read_run_config(tmp_path)
+    del written["class_names"]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    with pytest.raises(CheckpointError, match="lacks or garbles a field"):
+        read_run_config(tmp_path)

@@ -10,7 +10,7 @@ from sklearn import metrics as sk
 
 from fracture_train.metrics import (
     auroc,
-    classification_report,
+    classification_metrics,
     expected_calibration_error,
     predict_labels,
     rates_at,
@@ -42,7 +42,7 @@ def binary():
 
 def test_multiclass_report_agrees_with_scikit_learn(multiclass):
     targets, probs = multiclass
-    report = classification_report(targets, probs, CLASSES)
+    report = classification_metrics(targets, probs, CLASSES)
     predicted = probs.argmax(axis=1)
     assert report["accuracy"] == pytest.approx(sk.accuracy_score(targets, predicted))
     assert report["balanced_accuracy"] == pytest.approx(
@@ -71,7 +71,7 @@ def test_multiclass_report_agrees_with_scikit_learn(multiclass):
 def test_binary_report_uses_the_threshold_and_the_positive_class(binary):
     targets, probs = binary
     for threshold in (0.5, 0.3):
-        report = classification_report(
+        report = classification_metrics(
             targets, probs, ["not fractured", "fractured"], positive=1, threshold=threshold
         )
         predicted = (probs[:, 1] >= threshold).astype(int)
@@ -90,17 +90,17 @@ def test_binary_report_uses_the_threshold_and_the_positive_class(binary):
 
 def test_positive_class_may_be_index_zero(binary):
     targets, probs = binary
-    flipped = classification_report(
+    flipped = classification_metrics(
         1 - targets, probs[:, ::-1], ["fractured", "normal"], positive=0
     )
-    straight = classification_report(targets, probs, ["normal", "fractured"], positive=1)
+    straight = classification_metrics(targets, probs, ["normal", "fractured"], positive=1)
     assert flipped["auroc"] == pytest.approx(straight["auroc"])
     assert flipped["at_threshold"] == straight["at_threshold"]
 
 
 def test_extra_threshold_is_reported_beside_the_decision_threshold(binary):
     targets, probs = binary
-    report = classification_report(
+    report = classification_metrics(
         targets, probs, ["no", "fractured"], positive=1, extra_threshold=0.2
     )
     assert report["at_val_threshold"] == rates_at(targets, probs[:, 1], 0.2)

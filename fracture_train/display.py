@@ -1,45 +1,14 @@
-"""Rich output of the trainer: progress tasks, the per-epoch line and the metrics tables."""
+"""Rich rendering for the ``train`` command line: the per-epoch line and the metrics tables."""
 
 from __future__ import annotations
 
 import math
-from types import TracebackType
 from typing import Any
 
 import pandas as pd
 from rich.table import Table
 
 from fracture_curate.display import frame_table
-
-
-class ProgressTask:
-    """A task on an optional ``rich.progress.Progress``, removed when the block ends."""
-
-    def __init__(self, progress: Any, description: str, total: int) -> None:
-        self.progress, self.description = progress, description
-        self.task = progress.add_task(description, total=total) if progress is not None else None
-
-    def __enter__(self) -> ProgressTask:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.progress is not None:
-            self.progress.remove_task(self.task)
-
-    def advance(self, count: int, loss: float | None = None) -> None:
-        """Advance by ``count`` items; show the running loss when one is given."""
-        if self.progress is None:
-            return
-        if loss is None:
-            self.progress.advance(self.task, count)
-        else:
-            description = f"{self.description} loss {loss:.3f}"
-            self.progress.update(self.task, advance=count, description=description)
 
 
 class EpochPrinter:
@@ -70,32 +39,32 @@ class EpochPrinter:
 
 
 def metrics_tables(metrics: dict[str, Any], split: str) -> list[Table]:
-    """Summary, per-class and confusion-matrix tables of one split's report."""
-    report = metrics[split]
-    n = report["n"]
+    """Summary, per-class and confusion-matrix tables of one split's metrics."""
+    found = metrics[split]
+    n = found["n"]
     summary = {
-        "accuracy": report["accuracy"],
-        "balanced accuracy": report["balanced_accuracy"],
-        "AUROC" + (" (macro one-vs-rest)" if metrics["positive_class"] is None else ""): report[
+        "accuracy": found["accuracy"],
+        "balanced accuracy": found["balanced_accuracy"],
+        "AUROC" + (" (macro one-vs-rest)" if metrics["positive_class"] is None else ""): found[
             "auroc"
         ],
-        "Cohen's kappa": report["cohen_kappa"],
-        "ECE (15 bins)": report["ece"],
+        "Cohen's kappa": found["cohen_kappa"],
+        "ECE (15 bins)": found["ece"],
     }
     for key, label in (("at_threshold", "threshold"), ("at_val_threshold", "val threshold")):
-        if key in report:
-            rates = report[key]
+        if key in found:
+            rates = found[key]
             where = f"@ {label} {_number(rates['threshold'])}"
             summary[f"sensitivity {where}"] = rates["sensitivity"]
             summary[f"specificity {where}"] = rates["specificity"]
     frame = pd.DataFrame({"value": [_number(v) for v in summary.values()]}, index=summary)
     frame.index.name = "metric"
-    per_class = pd.DataFrame(report["per_class"]).T.drop(columns="recall")  # = sensitivity
+    per_class = pd.DataFrame(found["per_class"]).T.drop(columns="recall")  # = sensitivity
     per_class["support"] = per_class["support"].astype(int)
     per_class = per_class.map(lambda v: v if isinstance(v, int) else _number(v))
     per_class.index.name = "class"
-    names = list(report["per_class"])
-    confusion = pd.DataFrame(report["confusion_matrix"], index=names, columns=names)
+    names = list(found["per_class"])
+    confusion = pd.DataFrame(found["confusion_matrix"], index=names, columns=names)
     confusion.index.name = "true \\ predicted"
     return [
         frame_table(frame, f"{split} (n={n})"),

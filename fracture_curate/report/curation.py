@@ -1,0 +1,322 @@
+"""The report's sections on curation: what the scan kept, the duplicates, label conflicts and
+leakage, the outliers, a map of the embeddings, the final split and, for a generated set, what
+was planted against what was found.
+
+Each section is a function of the report's inputs that returns HTML; a section whose stage has
+not run says which command fills it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fracture_curate.classes import positive_class
+from fracture_curate.dedupe import leakage, summarise_dedupe
+from fracture_curate.manifest import manifest_path
+from fracture_curate.report.html import (
+    badge,
+    cards,
+    escape,
+    figure,
+    note,
+    plot,
+    table,
+    tables_row,
+    text,
+)
+from fracture_curate.report.inputs import ReportInputs, Thumbnails
+from fracture_curate.scan import summarise_scan
+from fracture_curate.schema import STAGES
+from fracture_curate.split import split_summary, straddling_groups
+from fracture_curate.synthetic import PLANTED_CSV, planted_vs_found
+from fracture_curate.vectors import embedding_matrix, unit_rows
+
+
+def summary_section(inputs: ReportInputs, manifests: Path) -> str:
+    """Headline counts, the scan's tables and which manifests were read."""
+    frame = inputs.frame
+    counts = {"files": len(frame), "kept by scan": int((frame["status"] == "ok").sum())}
+    counts["dropped by scan"] = len(frame) - counts["kept by scan"]
+    if inputs.has("dedupe"):
+        dedupe = summarise_dedupe(frame)["counts"]["value"]
+        for name in ("duplicate clusters", "copies not kept", "label-conflict clusters"):
+            counts[name] = dedupe[name]
+    if inputs.has("outliers"):
+        counts["outliers flagged"] = int(flags(frame["is_outlier"]).sum())
+    if inputs.has("split"):
+        counts["in the split"] = int(frame["split"].notna().sum())
+    scan = summarise_scan(frame)
+    stages = []
+    for stage in STAGES:
+        found = inputs.provenance.get(stage)
+        stages.append(
+            {
+                "stage": stage,
+                "file": manifest_path(manifests, stage).name,
+                "written": found.get("created") if found else "missing",
+                "tool version": found.get("tool_version") if found else None,
+            }
+        )
+    return (
+        cards(counts)
+        + tables_row(
+            table(scan["status"], caption="Files by status"),
+            table(scan["format"], caption="Files by format"),
+            table(scan["label_by_split"], caption="Kept files: label by source split"),
+        )
+        + table(pd.DataFrame(stages).set_index("stage"), caption="Manifests")
+    )
+
+
+def dropped_section(inputs: ReportInputs) -> str:
+    """Every file the scan did not keep, with its reason."""
+    frame = inputs.frame
+    dropped = frame[frame["status"] != "ok"].sort_values(["status", "path"])
+    if dropped.empty:
+        return note("The scan kept every file.")
+    columns = ["path", "status", "reason", "format", "bytes", "label", "source_split"]
+    return note(
+        f"{len(dropped)} of {len(frame)} files were not used, each with the scan's reason."
+    ) + table(dropped[columns], index=False)
+
+
+def duplicates_section(inputs: ReportInputs, thumbnails: Thumbnails, max_clusters: int) -> str:
+    """Counts by matching layer, and thumbnail strips of the largest clusters."""
+    if not inputs.has("dedupe"):
+        return inputs.missing("dedupe")
+    frame = inputs.frame
+    clustered = frame[frame["cluster_size"].fillna(1) > 1]
+    if clustered.empty:
+        return note("No duplicates were found.")
+    summary = summarise_dedupe(frame)
+    n_clusters = clustered["cluster_id"].nunique()
+    shown = min(n_clusters, max_clusters)
+    return (
+        tables_row(
+            table(summary["counts"], caption="Dedupe"),
+            table(summary["copies_by_match"], caption="Copies not kept, by match"),
+        )
+        + note(
+            f"Showing {shown} of {n_clusters} clusters, largest first. Each copy shows the "
+            "strongest layer that matched it and how similar it was; the kept copy is marked."
+        )
+        + cluster_strips(clustered, thumbnails, max_clusters)
+    )
+
+
+def conflicts_section(inputs: ReportInputs, thumbnails: Thumbnails, max_clusters: int) -> str:
+    """Duplicate clusters whose copies carry different labels."""
+    if not inputs.has("dedupe"):
+        return inputs.missing("dedupe")
+    frame = inputs.frame
+    conflicts = frame[flags(frame["label_conflict"])]
+    if conflicts.empty:
+        return note("No duplicate cluster mixes labels.")
+    groups = conflicts.groupby("cluster_id")
+    clusters = pd.DataFrame(
+        {
+            "files": groups.size(),
+            "labels": groups["label"].agg(_counted),
+            "paths": groups["path"].agg(" | ".join),
+        }
+    ).rename_axis("cluster")
+    return (
+        note(
+            f"{len(clusters)} duplicate clusters hold copies filed under different labels. They "
+            "are flagged, not resolved: a person decides which label is right."
+        )
+        + table(clusters)
+        + cluster_strips(conflicts, thumbnails, max_clusters)
+    )
+
+
+def leakage_section(inputs: ReportInputs) -> str:
+    """Duplicate clusters that straddle the source's own splits."""
+    frame = inputs.frame
+    if frame["source_split"].isna().all():
+        return note("The source has no train/val/test folders, so nothing can leak across them.")
+    if not inputs.has("dedupe"):
+        return inputs.missing("dedupe")
+    leaks = leakage(frame).rename_axis("cluster")
+    if leaks.empty:
+        return note("No duplicate cluster straddles the source's splits.")
+    return note(
+        f"{len(leaks)} duplicate clusters ({int(leaks['size'].sum())} files) have copies in more "
+        "than one of the source's splits: a model evaluated on the shipped split has seen its "
+        "test images in training."
+    ) + table(leaks)
+
+
+def outliers_section(inputs: ReportInputs, thumbnails: Thumbnails, max_outliers: int) -> str:
+    """The strangest images, flagged first."""
+    if not inputs.has("outliers"):
+        return inputs.missing("outliers")
+    frame = inputs.frame
+    scored = frame[frame["outlier_score"].notna()].drop_duplicates("image_id")
+    if scored.empty:
+        return note("No image was scored (too few embeddings).")
+    flagged = flags(scored["is_outlier"])
+    ranked = scored.assign(_flagged=flagged).sort_values(
+        ["_flagged", "outlier_score"], ascending=False
+    )
+    figures = []
+    for row in ranked.head(max_outliers).to_dict("records"):
+        mark = badge("flagged", "warn") if row["_flagged"] else ""
+        lines = [f"{mark} score {row['outlier_score']:.3f}", label_line(row)]
+        figures.append(figure(thumbnails(row["path"]), row["path"], lines))
+    params = inputs.provenance.get("outliers", {}).get("params", {})
+    settings = f"per class: {params.get('per_class')}, contamination: {params.get('contamination')}"
+    return (
+        note(
+            f"{int(flagged.sum())} of {len(scored)} distinct images flagged by PCA + Isolation "
+            f"Forest ({settings}). "
+            f"Showing the {min(max_outliers, len(scored))} strangest, flagged first; higher scores "
+            "are stranger."
+        )
+        + f'<div class="strip">{"".join(figures)}</div>'
+    )
+
+
+def map_section(inputs: ReportInputs) -> str:
+    """The embeddings' first two principal components, coloured by label."""
+    from sklearn.decomposition import PCA  # slow to import: only when a map is drawn
+
+    if inputs.embeddings is None:
+        return inputs.missing("embed")
+    frame = inputs.frame
+    points = frame[
+        (frame["status"] == "ok") & frame["image_id"].isin(inputs.embeddings["image_id"])
+    ].drop_duplicates("image_id")
+    if len(points) < 3:
+        return note("Fewer than three embedded images: nothing to map.")
+    unit = unit_rows(embedding_matrix(inputs.embeddings, points["image_id"]).astype("float64"))
+    pca = PCA(n_components=2, random_state=0)
+    xy = pca.fit_transform(unit)
+    labels = points["label"].fillna("(none)").to_numpy(dtype=object)
+    outliers = flags(points["is_outlier"]).to_numpy() if inputs.has("outliers") else None
+
+    chart = Figure(figsize=(8, 6))
+    axis = chart.subplots()
+    colours = [f"C{i % 10}" for i in range(len(set(labels)))]
+    for colour, label in zip(colours, sorted(set(labels)), strict=True):
+        mine = labels == label
+        axis.scatter(*xy[mine].T, s=14, alpha=0.75, color=colour, label=f"{label} ({mine.sum()})")
+    if outliers is not None and outliers.any():
+        axis.scatter(
+            *xy[outliers].T, s=70, facecolors="none", edgecolors="black", label="flagged outlier"
+        )
+    share = pca.explained_variance_ratio_
+    axis.set_xlabel(f"PC1 ({share[0]:.0%} of variance)")
+    axis.set_ylabel(f"PC2 ({share[1]:.0%} of variance)")
+    axis.set_title("Embeddings (L2-normalised), first two principal components")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small", loc="best")
+    caption = note(
+        f"{len(points)} distinct kept images, coloured by label"
+        + (", flagged outliers ringed." if outliers is not None else ".")
+    )
+    return caption + plot(chart, "PCA map of the embeddings")
+
+
+def split_section(inputs: ReportInputs) -> str:
+    """Label by split, what was left out and why, and whether any group spans two splits."""
+    if not inputs.has("split"):
+        return inputs.missing("split")
+    frame = inputs.frame
+    counts = split_summary(frame)
+    if counts.empty:
+        return note("No row takes part in the split.")
+    shares = (counts.loc["total"] / counts.loc["total", "total"]).map(lambda v: f"{v:.0%}")
+    counts = pd.concat([counts.astype(object), shares.to_frame("share").T])
+    excluded = frame["excluded_reason"].value_counts().rename_axis("excluded because")
+    straddling = straddling_groups(frame)
+    params = inputs.provenance.get("split", {}).get("params", {})
+    check = (
+        badge("ok", "ok") + " no duplicate cluster or patient spans two splits"
+        if straddling.empty
+        else badge(f"{len(straddling)} groups span two splits", "warn")
+    )
+    asked = ", ".join(f"{k} {params.get(k)}" for k in ("train", "val", "test"))
+    asked += f", seed {params.get('seed')}"
+    labels = frame.loc[frame["split"].notna(), "label"].unique().tolist()
+    positive = positive_class(labels)
+    task = (
+        f" A binary task: the trainer takes {positive!r} as the positive (finding) class."
+        if positive is not None
+        else ""
+    )
+    return f'<p class="note">{check}. Asked for {escape(asked)}.{escape(task)}</p>' + tables_row(
+        table(counts, caption="Label by split"),
+        table(excluded.to_frame("files"), caption="Rows left out of the split"),
+    )
+
+
+def planted_section(inputs: ReportInputs) -> str:
+    """For a set made by `curate synth`: each planted kind against what the pipeline found."""
+    path = inputs.root / PLANTED_CSV if inputs.root is not None else None
+    if path is None or not path.is_file():
+        return note(f"The dataset root has no {PLANTED_CSV}: it is not a generated set.")
+    record = pd.read_csv(path, dtype=str)
+    found = planted_vs_found(record, inputs.frame)
+    extra = []
+    if inputs.has("outliers"):
+        planted = set(record.loc[record["kind"] == "outlier", "path"])
+        flagged = inputs.frame[flags(inputs.frame["is_outlier"])]
+        extra.append(f"{int((~flagged['path'].isin(planted)).sum())} flagged outliers")
+    if inputs.has("dedupe"):
+        family = pd.Series(record["source_path"].fillna(record["path"]).to_numpy(), record["path"])
+        clustered = inputs.frame[inputs.frame["cluster_size"].fillna(1) > 1]
+        origin = clustered["path"].map(family).fillna(clustered["path"])
+        mixed = origin.groupby(clustered["cluster_id"]).nunique()
+        extra.append(f"{int((mixed > 1).sum())} duplicate clusters joining unrelated originals")
+    unplanted = note("Found without being planted: " + "; ".join(extra) + ".") if extra else ""
+    return (
+        note(f"From {path}: what was planted in the generated set, and what the pipeline found.")
+        + table(found)
+        + unplanted
+    )
+
+
+def cluster_strips(rows: pd.DataFrame, thumbnails: Thumbnails, limit: int) -> str:
+    """Thumbnail strips of the ``limit`` largest clusters among ``rows``."""
+    sizes = rows.groupby("cluster_id").size().sort_values(ascending=False, kind="stable")
+    blocks = []
+    for cluster in sizes.index[:limit]:
+        members = rows[rows["cluster_id"] == cluster].sort_values(
+            ["is_kept", "similarity", "path"], ascending=[False, False, True]
+        )
+        splits = sorted(members["source_split"].dropna().unique())
+        marks = badge("label conflict", "warn") if flags(members["label_conflict"]).any() else ""
+        if len(splits) > 1:
+            marks += badge("spans source splits", "warn")
+        figures = []
+        for row in members.to_dict("records"):
+            kept = badge("kept", "ok") if row["is_kept"] else badge("copy", "copy")
+            match = f"{row['match_kind']} {row['similarity']:.3f}"
+            size = f"{row['width']}&times;{row['height']} {escape(row['format'])}"
+            lines = [f"{kept} {escape(match)}", label_line(row), size]
+            figures.append(figure(thumbnails(row["path"]), row["path"], lines))
+        blocks.append(
+            f'<div class="cluster"><h3>Cluster {int(cluster)} &middot; {len(members)} files '
+            f"{marks}</h3>"
+            f'<div class="strip">{"".join(figures)}</div></div>'
+        )
+    return f'<div class="clusters">{"".join(blocks)}</div>'
+
+
+def label_line(row: dict[str, Any]) -> str:
+    """A row's label and source split, as caption HTML."""
+    return f"{escape(text(row.get('label')))} &middot; {escape(text(row.get('source_split')))}"
+
+
+def flags(values: pd.Series) -> pd.Series:
+    """A nullable boolean column as plain booleans, null as False."""
+    return values.fillna(False).astype(bool)
+
+
+def _counted(values: pd.Series) -> str:
+    return ", ".join(f"{k} \u00d7{n}" for k, n in values.fillna("(none)").value_counts().items())

@@ -1,0 +1,107 @@
+"""What the report is built from: the manifests that can be read, and thumbnails of the files."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from fracture_curate.images import ImageLoadError, load_image, to_rgb8
+from fracture_curate.manifest import ManifestError, manifest_path, read_stage, recorded_root
+from fracture_curate.report.html import data_uri, note
+from fracture_curate.schema import STAGES, TABLE_STAGES
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """The manifests a report is built from."""
+
+    frame: pd.DataFrame  #: the latest row table read: every row, with the columns of its stages
+    stage: str  #: the stage that wrote ``frame`` (one of TABLE_STAGES)
+    embeddings: pd.DataFrame | None
+    provenance: dict[str, dict[str, Any]]  #: stage -> provenance, for the manifests read
+    problems: dict[str, str]  #: stage -> why its manifest was not read
+    root: Path | None
+
+    def has(self, stage: str) -> bool:
+        """Whether ``frame`` carries the columns of ``stage`` (a row-table stage): whether the
+        manifest it came from was made by that stage or from one that was."""
+        return TABLE_STAGES.index(stage) <= TABLE_STAGES.index(self.stage)
+
+    def missing(self, stage: str) -> str:
+        """A note saying that ``stage``'s manifest is needed and how to make it."""
+        name = manifest_path("", stage).name
+        why = self.problems.get(stage, f"{name} was not read")
+        return note(f"Not available: {why}. Run `curate {stage}` to fill this section.")
+
+
+def read_inputs(manifests: Path) -> ReportInputs:
+    """Scan (required) and every later manifest that can be read."""
+    frame, scan_provenance = read_stage(manifests, "scan")
+    provenance, problems, tables = {"scan": scan_provenance}, {}, {"scan": frame}
+    for stage in STAGES[1:]:
+        path = manifest_path(manifests, stage)
+        if not path.exists():
+            problems[stage] = f"no {path.name} in {manifests}"
+            continue
+        try:
+            tables[stage], provenance[stage] = read_stage(manifests, stage)
+        except ManifestError as error:
+            problems[stage] = str(error)
+    embeddings = tables.pop("embed", None)
+    latest = list(tables)[-1]
+    return ReportInputs(
+        frame=tables[latest],
+        stage=latest,
+        embeddings=embeddings,
+        provenance=provenance,
+        problems=problems,
+        root=recorded_root(scan_provenance),
+    )
+
+
+class Thumbnails:
+    """Thumbnails of dataset files as JPEG data URIs, each made once; a placeholder when a file
+    can no longer be read."""
+
+    def __init__(self, root: Path | None, size: int) -> None:
+        self.root, self.size = root, size
+        self.cache: dict[str, str] = {}
+        self.failed: set[str] = set()
+        self._placeholder: str | None = None
+
+    def __call__(self, path: str) -> str:
+        if path not in self.cache:
+            self.cache[path] = self._make(path)
+        return self.cache[path]
+
+    def _make(self, path: str) -> str:
+        if self.root is None:
+            return self.placeholder(path)
+        try:
+            loaded = load_image(self.root / path, draft_size=(self.size, self.size))
+        except (ImageLoadError, OSError):
+            return self.placeholder(path)
+        image = Image.fromarray(to_rgb8(loaded.pixels))
+        image.thumbnail((self.size, self.size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+        return data_uri(buffer.getvalue(), "image/jpeg")
+
+    def placeholder(self, path: str) -> str:
+        """A grey, crossed-out square: the file at ``path`` could not be read."""
+        self.failed.add(path)
+        if self._placeholder is None:
+            image = Image.new("L", (self.size, self.size), 200)
+            draw = ImageDraw.Draw(image)
+            draw.line((0, 0, self.size, self.size), fill=120, width=2)
+            draw.line((0, self.size, self.size, 0), fill=120, width=2)
+            draw.text((8, self.size // 2 - 6), "unreadable", fill=40)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            self._placeholder = data_uri(buffer.getvalue(), "image/png")
+        return self._placeholder

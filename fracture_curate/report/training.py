@@ -1,0 +1,37 @@
+"""The report's section on a training run: its figures, metrics and per-epoch history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fracture_curate.report.html import json_tables, note, png_figure, table
+from fracture_curate.schema import HISTORY_FILE, METRICS_FILE
+
+
+def training_section(run: Path | None) -> str:
+    """A run folder's PNG figures, its metrics as tables and its per-epoch history."""
+    if run is None:
+        return note("No run folder given (`curate report --run RUN_DIR`).")
+    run = Path(run)
+    if not run.is_dir():
+        return note(f"Run folder {run} does not exist.")
+    parts = [note(f"Run folder: {run}")]
+    figures = [png_figure(png.read_bytes(), png.name) for png in sorted(run.glob("*.png"))]
+    parts.append("".join(figures) or note("No PNG figures in the run folder."))
+    metrics = run / METRICS_FILE
+    if metrics.is_file():
+        try:
+            parts.append("<h3>Metrics</h3>" + json_tables(json.loads(metrics.read_text()), []))
+        except json.JSONDecodeError as error:
+            parts.append(note(f"{METRICS_FILE} cannot be read: {error}"))
+    else:
+        parts.append(note(f"No {METRICS_FILE} in the run folder."))
+    history = run / HISTORY_FILE
+    if history.is_file():
+        parts.append(table(pd.read_csv(history), index=False, caption="History (per epoch)"))
+    else:
+        parts.append(note(f"No {HISTORY_FILE} in the run folder."))
+    return "".join(parts)
