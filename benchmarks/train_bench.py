@@ -19,13 +19,15 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from fracture_curate.placement import model_threads, resolve_device, torch_threads
 from phantoms import OUT, make_images
 
+from fracture_curate.dataset_files import ScannedFile, content_id
 from fracture_curate.model_input import Preprocessing
+from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -51,6 +53,12 @@ def model_alone(model, placement, optimizer, criterion, batch_size, image_size, 
         train_step(model, images, targets, optimizer, criterion, placement)
     synchronize(placement.device)
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def _identity(path: Path) -> tuple[str, int]:
+    """A file's image id and size, as a scan records them."""
+    data = path.read_bytes()
+    return content_id(data), len(data)
 
 
 def synchronize(device: torch.device) -> None:
@@ -99,8 +107,8 @@ def main() -> None:
     optimizer = make_optimizer(model, "adamw", 1e-4, 0.01)
     criterion = Criterion(binary=True).to(device)
 
-    ids = [f"{args.source_size}px-{path.stem}" for path in paths]
-    store = ImageStore(paths, ids, args.image_size, args.cache, OUT / "train_cache")
+    files = [ScannedFile(path.parent, path.name, *_identity(path)) for path in paths]
+    store = ImageStore(files, args.image_size, args.cache, OUT / "train_cache")
     start = time.perf_counter()
     decoded = store.fill(fill_workers(requested))
     fill_seconds = time.perf_counter() - start

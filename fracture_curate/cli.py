@@ -111,6 +111,10 @@ def scan(
             )
         path = manifest_path(out, "scan")
     console.print(f"layout: [bold]{result.layout}[/]")
+    kept = int((result.frame["status"] == "ok").sum())
+    if kept == 0:
+        found = f"{len(result.frame)} file(s)" if len(result.frame) else "no file"
+        console.print(f"[yellow]warning:[/] {found} under {root} and no usable image in them")
     summary = summarise_scan(result.frame)
     console.print(frame_table(summary["status"], "Files by status"))
     console.print(frame_table(summary["format"], "Files by format"))
@@ -202,11 +206,17 @@ def embed(
         f"embedded {result.embedded}, reused {result.reused}, "
         f"{len(result.frame)} in {manifest_path(manifests, 'embed')}"
     )
+    if result.discarded:
+        console.print(
+            f"note: {len(result.discarded)} damaged part file(s) of an earlier run were "
+            f"discarded and their images embedded again ({result.discarded[0]}, ...)"
+        )
     if result.failed:
-        image_id, reason = next(iter(result.failed.items()))
+        image_id, (status, reason) = next(iter(result.failed.items()))
         console.print(
             f"[yellow]warning:[/] {len(result.failed)} image(s) could not be loaded and have no "
-            f"embedding (a re-run retries them), e.g. {image_id[:12]}: {reason}"
+            f"embedding; `curate dedupe` marks their rows (a re-run retries them), e.g. "
+            f"{image_id[:12]}: {status}: {reason}"
         )
 
 
@@ -339,6 +349,7 @@ def split(
         bool,
         typer.Option(help="Keep the source's own split where it had one, and report its leakage."),
     ] = SplitConfig.keep_source_splits,
+    root: RootOption = None,
 ) -> None:
     """Assign train/val/test into MANIFESTS/split.parquet, stratified and leakage-free.
 
@@ -354,7 +365,7 @@ def split(
             drop_outliers=drop_outliers,
             keep_source_splits=keep_source_splits,
         )
-        frame = run_split(manifests, config)
+        frame = run_split(manifests, config, root=root)
     console.print(frame_table(split_summary(frame), "Label by split"))
     excluded = frame["excluded_reason"].value_counts()
     if not excluded.empty:
@@ -377,12 +388,19 @@ def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write.", dir_okay=False)] = Path(
         "report.html"
     ),
+    show_paths: Annotated[
+        bool,
+        typer.Option(
+            help="Show whole paths (dataset root, run folder); by default only the last part of "
+            "each, so a shared report leaks no folders."
+        ),
+    ] = False,
 ) -> None:
     """Write one self-contained HTML report of the dataset and its curation (and a run)."""
     from fracture_curate.report import build_report  # matplotlib loads only when needed
 
     with clean_errors():
-        path = build_report(manifests, out, run=run)
+        path = build_report(manifests, out, run=run, show_paths=show_paths)
     console.print(f"wrote report {path.resolve()}")
 
 

@@ -14,9 +14,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
 from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import dataset_root, read_stage, write_stage
+from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 from fracture_curate.progress import ProgressCallback
@@ -124,8 +125,7 @@ def find_pairs(
         i, j, _ = nearest_neighbours(
             unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
         )
-        paths = [root / path for path in files["path"]]
-        scores = verify_pairs(paths, i, j, on_progress=on_progress)
+        scores = verify_pairs(scanned_files(files, root), i, j, on_progress=on_progress)
         i, j = i[scores >= config.geometry_threshold], j[scores >= config.geometry_threshold]
         similarity = np.einsum("ij,ij->i", unit[i], unit[j])
         parts.append(_layer_pairs(positions, i, j, "geometry", similarity))
@@ -269,16 +269,19 @@ def run_dedupe(
 ) -> pd.DataFrame:
     """Read ``scan`` (and ``embeddings``), deduplicate, write ``dedupe.parquet``.
 
-    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved); the
-    files are read again only by the geometry layer.
+    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved). Rows
+    whose file embed could not read, or that is gone or resized since the scan, get that status
+    (``changed``, ``vanished``, ...) and take no part.
     """
-    scan, provenance = read_stage(directory, "scan")
-    if config.geometry and config.use_embeddings:
+    with folder_lock(directory):
+        scan, provenance = read_stage(directory, "scan")
         root = dataset_root(provenance, root)
-    embeddings, inputs = None, {"scan": provenance}
-    if config.use_embeddings:
-        embeddings, inputs["embed"] = read_stage(directory, "embed")
-    frame = deduplicate(scan, embeddings, config, root=root, on_progress=on_progress)
-    params = asdict(config) | ({"root": str(root)} if root is not None else {})
-    write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
+        embeddings, inputs = None, {"scan": provenance}
+        if config.use_embeddings:
+            embeddings, inputs["embed"] = read_stage(directory, "embed")
+            scan = mark_problems(scan, inputs["embed"]["details"].get("failed", {}))
+        scan = recheck(scan, root)
+        frame = deduplicate(scan, embeddings, config, root=root, on_progress=on_progress)
+        params = asdict(config) | {"root": str(root)}
+        write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
     return frame

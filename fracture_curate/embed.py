@@ -18,14 +18,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from fracture_curate.dataset_files import ScannedFile, scanned_files
 from fracture_curate.manifest import (
+    ManifestError,
     dataset_root,
+    folder_lock,
     manifest_path,
     read_manifest,
     read_provenance,
     write_manifest,
 )
-from fracture_curate.model_input import RESIZE_MODES, ImageFiles
+from fracture_curate.model_input import RESIZE_MODES, Failure, ImageFiles
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import check_device_name, core_workers, resolve_device
@@ -75,7 +78,8 @@ class EmbedResult:
     frame: pd.DataFrame
     reused: int  #: embeddings carried over from earlier (possibly interrupted) runs
     embedded: int  #: images embedded by this run
-    failed: dict[str, str]  #: image_id -> reason, for images that could not be loaded now
+    failed: dict[str, Failure]  #: image_id -> (status, reason), for images not loaded now
+    discarded: list[str]  #: damaged part files of an earlier run, discarded and redone
     params: dict[str, Any]
 
 
@@ -104,60 +108,62 @@ def embed_manifest(
     """
     directory = Path(directory)
     check_device_name(device)
-    scan_file = manifest_path(directory, "scan")
-    scan = read_manifest(scan_file, stage="scan", columns=["image_id", "path", "status"])
-    scan_provenance = read_provenance(scan_file)
-    kept = scan[scan["status"] == "ok"].drop_duplicates("image_id")
-
-    identity = config.identity()
-    out_file = manifest_path(directory, "embed")
-    parts = PartStore(directory / PARTS_FOLDER)
-    done, previous = _reusable(out_file, parts, identity)
-    todo = kept[~kept["image_id"].isin(done["image_id"])]
-    phase = Phase(on_progress, "embedding", len(todo))
-
-    failed: dict[str, str] = {}
-    if todo.empty:
-        source = previous.provenance["params"]["weights_source"] if previous else "earlier run"
-        params = identity | {"weights_source": source}
-    else:
-        folder = dataset_root(scan_provenance, root)
-        params, failed = _embed_into_parts(
-            [folder / path for path in todo["path"]],
-            todo["image_id"].to_numpy(),
-            parts,
-            config,
-            identity,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            checkpoint_every=checkpoint_every,
-            on_batch=phase.advance,
+    with folder_lock(directory):
+        scan_file = manifest_path(directory, "scan")
+        scan = read_manifest(
+            scan_file, stage="scan", columns=["image_id", "path", "bytes", "status"]
         )
+        scan_provenance = read_provenance(scan_file)
+        kept = scan[scan["status"] == "ok"].drop_duplicates("image_id")
 
-    frame = pd.concat([done, parts.read(identity)], ignore_index=True).drop_duplicates("image_id")
-    frame = kept[["image_id"]].merge(frame, on="image_id")  # scan order, current images only
-    if parts.exist() or not _up_to_date(previous, frame, scan_provenance):
-        write_manifest(
-            embeddings_table(frame, identity["dim"]),
-            out_file,
-            stage="embed",
-            params=params,
-            inputs={"scan": scan_provenance},
-        )
-    parts.clear()
+        identity = config.identity()
+        out_file = manifest_path(directory, "embed")
+        parts = PartStore(directory / PARTS_FOLDER)
+        done, previous = _reusable(out_file, parts, identity)
+        todo = kept[~kept["image_id"].isin(done["image_id"])]
+        phase = Phase(on_progress, "embedding", len(todo))
+
+        failed: dict[str, Failure] = {}
+        if todo.empty:
+            source = previous.provenance["params"]["weights_source"] if previous else "earlier run"
+            params = identity | {"weights_source": source}
+        else:
+            params, failed = _embed_into_parts(
+                scanned_files(todo, dataset_root(scan_provenance, root)),
+                parts,
+                config,
+                identity,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+                on_batch=phase.advance,
+            )
+
+        frame = pd.concat([done, parts.read(identity)], ignore_index=True)
+        frame = kept[["image_id"]].merge(frame.drop_duplicates("image_id"), on="image_id")
+        if not todo.empty or parts.exist() or not _up_to_date(previous, frame, scan_provenance):
+            write_manifest(
+                embeddings_table(frame, identity["dim"]),
+                out_file,
+                stage="embed",
+                params=params,
+                inputs={"scan": scan_provenance},
+                details={"failed": failed},
+            )
+        parts.clear()
     return EmbedResult(
         frame=frame,
         reused=len(done),
         embedded=len(todo) - len(failed),
         failed=failed,
+        discarded=parts.discarded,
         params=params,
     )
 
 
 def _embed_into_parts(
-    paths: list[Path],
-    image_ids: np.ndarray,
+    files: list[ScannedFile],
     parts: PartStore,
     config: EmbedConfig,
     identity: dict[str, Any],
@@ -167,10 +173,10 @@ def _embed_into_parts(
     workers: int | None,
     checkpoint_every: int,
     on_batch: Callable[[int], None],
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load the model, embed ``paths`` and save the vectors in a part every
-    ``checkpoint_every`` images. Returns the run's parameters and the failures (image id ->
-    reason). ``on_batch(n)`` is called as each batch of ``n`` images is done."""
+) -> tuple[dict[str, Any], dict[str, Failure]]:
+    """Load the model, embed ``files`` and save the vectors in a part every ``checkpoint_every``
+    images. Returns the run's parameters and the failures (image id -> (status, reason)).
+    ``on_batch(n)`` is called as each batch of ``n`` images is done."""
     from fracture_curate.embedder import default_batch_size, embed_files, load_embedder  # torch
 
     torch_device = resolve_device(device)
@@ -178,18 +184,19 @@ def _embed_into_parts(
     params = identity | {"weights_source": weights_source}
     batches = embed_files(
         model,
-        ImageFiles(paths, config.image_size, config.resize),
+        ImageFiles(files, config.image_size, config.resize),
         torch_device,
         batch_size=batch_size or default_batch_size(torch_device.type == "cuda"),
         workers=core_workers() if workers is None else workers,
     )
-    failed: dict[str, str] = {}
+    image_ids = [file.image_id for file in files]
+    failed: dict[str, Failure] = {}
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
     for indices, vectors, failures in batches:
-        failed.update({image_ids[index]: reason for index, reason in failures.items()})
+        failed.update({image_ids[index]: failure for index, failure in failures.items()})
         if indices:
-            pending_ids.extend(image_ids[indices])
+            pending_ids.extend(image_ids[index] for index in indices)
             pending_vectors.append(vectors)
         if len(pending_ids) >= checkpoint_every:
             parts.write(pending_ids, np.concatenate(pending_vectors), params)
@@ -223,6 +230,7 @@ class PartStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.discarded: list[str] = []  #: damaged parts found (and deleted) by :meth:`read`
 
     def write(self, image_ids: list[str], vectors: np.ndarray, params: dict[str, Any]) -> None:
         """One more part: ``vectors`` of ``image_ids``, made with ``params``."""
@@ -237,11 +245,16 @@ class PartStore:
         )
 
     def read(self, identity: dict[str, Any]) -> pd.DataFrame:
-        """Every part made with the same ``identity`` (others are stale and ignored)."""
+        """Every part made with the same ``identity`` (others are stale and ignored). A damaged
+        part (a full disk, a hand edit) is deleted and its images are embedded again."""
         frames = []
         for part in sorted(self.folder.glob("part-*.parquet")):
-            if same_embedding(read_provenance(part)["params"], identity):
-                frames.append(pd.read_parquet(part))
+            try:
+                if same_embedding(read_provenance(part)["params"], identity):
+                    frames.append(pd.read_parquet(part))
+            except (ManifestError, OSError, pa.ArrowException, KeyError):
+                self.discarded.append(part.name)
+                part.unlink(missing_ok=True)
         return pd.concat(frames, ignore_index=True) if frames else _empty()
 
     def exist(self) -> bool:

@@ -14,18 +14,18 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import DataLoader, Dataset
 
-from fracture_curate.model_input import ImageFiles, collate, normalisation
+from fracture_curate.model_input import Failure, ImageFiles, collate, normalisation
 from fracture_curate.runtime import (
     model_threads,
     retain_freed_memory,
     torch_threads,
     worker_init_fn,
 )
-from fracture_curate.weights import resolve_weights
+from fracture_curate.weights import WeightsError, resolve_weights
 
 #: One batch's result: dataset indices of the images embedded, their float32 vectors (N x D),
-#: and the reason each image that failed to load did so.
-EmbeddedBatch = tuple[list[int], np.ndarray, dict[int, str]]
+#: and the (status, reason) of each image that failed to load.
+EmbeddedBatch = tuple[list[int], np.ndarray, dict[int, Failure]]
 
 
 class MobileNetV2Embedder(nn.Module):
@@ -153,7 +153,14 @@ def load_embedder(weights: str, layer: str, device: torch.device) -> tuple[nn.Mo
         retain_freed_memory()  # steadies CPU forward passes
     with torch.random.fork_rng():
         torch.manual_seed(0)  # random weights (tests) are the same in every run
-        model = inference_model(resolved.state_dict, layer, device)
+        try:
+            model = inference_model(resolved.state_dict, layer, device)
+        except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen keys
+            first = str(error).splitlines()[0].rstrip(":")
+            raise WeightsError(
+                f"weights {resolved.path} do not fit torchvision's MobileNetV2 ({first}); pass "
+                "a MobileNetV2 state dict, or --weights imagenet"
+            ) from error
     return model, resolved.source
 
 

@@ -23,13 +23,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from fracture_curate.dataset_files import ScannedFile
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8
 from fracture_curate.progress import Phase, ProgressCallback
 
@@ -89,10 +89,11 @@ def image_features(pixels: np.ndarray) -> Features:
     return Features(points, descriptors.astype(np.uint8), max(image.shape))
 
 
-def file_features(path: str | Path) -> Features:
-    """SIFT keypoints of an image file; none for a file that cannot be decoded."""
+def file_features(file: ScannedFile) -> Features:
+    """SIFT keypoints of a scanned file; none for a file that cannot be decoded or is no longer
+    the one scanned."""
     try:
-        loaded = load_image(path, draft_size=(WORK_SIDE, WORK_SIDE))
+        loaded = load_image(file.read(), draft_size=(WORK_SIDE, WORK_SIDE))
     except ImageLoadError:
         return Features.empty()
     return image_features(loaded.pixels)
@@ -140,7 +141,7 @@ def pair_score(a: Features, b: Features) -> int:
 
 
 def verify_pairs(
-    paths: Sequence[str | Path],
+    files: Sequence[ScannedFile],
     left: np.ndarray,
     right: np.ndarray,
     *,
@@ -148,7 +149,7 @@ def verify_pairs(
     chunk: int = 256,
     on_progress: ProgressCallback | None = None,
 ) -> np.ndarray:
-    """The score of each pair ``(paths[left[p]], paths[right[p]])``: higher is more surely a copy.
+    """The score of each pair ``(files[left[p]], files[right[p]])``: higher is more surely a copy.
 
     Features are computed once per image in a pair, ``chunk`` images at a time, in an order that
     keeps the pair graph's images close together (reverse Cuthill-McKee); a pair is scored as soon
@@ -175,7 +176,7 @@ def verify_pairs(
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(order), chunk):
             batch = order[start : start + chunk]
-            loaded = pool.map(lambda k: file_features(paths[int(images[k])]), batch)
+            loaded = pool.map(lambda k: file_features(files[int(images[k])]), batch)
             features.update(zip(batch.tolist(), loaded, strict=True))
             low, high = np.searchsorted(due_sorted, [start, start + chunk])
             ready = pairs_by_due[low:high]

@@ -9,7 +9,6 @@ CMYK, LA/RGBA, RGB) to a canonical pixel array. Failures raise :class:`ImageLoad
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fracture_curate.errors import CurateError
 
-#: Pillow's own default limit; larger images are refused as probable decompression bombs.
-DEFAULT_MAX_PIXELS = 178_956_970
+#: Larger images are refused as probable decompression bombs: Pillow's own default, 89.5 Mpx.
+DEFAULT_MAX_PIXELS = 89_478_485
+#: This loader's guard (``max_pixels``, checked on the header before any pixel is decoded)
+#: replaces Pillow's global one, so that a larger ``--max-pixels`` is honoured too.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageLoadError(CurateError):
@@ -29,6 +31,9 @@ class ImageLoadError(CurateError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.status, self.reason)  # picklable across worker processes
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,7 @@ class LoadedImage:
 def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image lazily (header only) and check it is not a decompression bomb."""
     try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError("too_large", f"decompression bomb guard: {error}") from error
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except UnidentifiedImageError as error:
         raise ImageLoadError("not_image", "not a recognised image format") from error
     except PermissionError as error:

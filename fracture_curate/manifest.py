@@ -7,6 +7,7 @@ leaves the previous good file, never a torn one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -23,8 +24,15 @@ import pyarrow.parquet as pq
 
 from fracture_curate import __version__
 from fracture_curate.errors import CurateError
+from fracture_curate.schema import (
+    EMBEDDING_COLUMNS,
+    TABLE_STAGES,
+    column_type_problem,
+    table_columns,
+)
 
 METADATA_KEY = b"fracture_curate"
+LOCK_FILE = ".lock"
 
 
 class ManifestError(CurateError):
@@ -55,6 +63,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
+@contextmanager
+def folder_lock(directory: str | Path, what: str = "manifests folder") -> Iterator[None]:
+    """Hold the folder's write lock while a command writes into it.
+
+    One writer at a time: a second command on the same folder stops at once with an error
+    naming the first, instead of interleaving its writes. The lock is advisory (``flock`` on
+    ``DIR/.lock``) and the system releases it when its process ends, however it ends.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ManifestError(
+                f"{holder} is writing to the {what} {directory}; wait for it to finish, or use "
+                "another folder"
+            ) from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"fracture-curate (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -68,11 +106,13 @@ def write_manifest(
     stage: str,
     params: dict[str, Any],
     inputs: dict[str, dict[str, Any]] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``frame`` atomically to ``path`` with the stage's provenance in the metadata.
 
     ``inputs`` maps each stage whose manifest was read to its provenance, so a later read can
-    tell when an input has been rewritten since (see :func:`read_stage`).
+    tell when an input has been rewritten since (see :func:`check_chain`); ``details`` records
+    what the run found beyond its table (the files embed could not read, say).
     """
     table = (
         frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
@@ -84,6 +124,7 @@ def write_manifest(
         "run_id": uuid.uuid4().hex,
         "params": params,
         "inputs": {name: given.get("run_id") for name, given in (inputs or {}).items()},
+        "details": details or {},
     }
     metadata = dict(table.schema.metadata or {})
     metadata[METADATA_KEY] = json.dumps(provenance, default=str).encode()
@@ -136,22 +177,56 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
 
 
 def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A stage's manifest in ``directory`` and its provenance.
-
-    It must be that stage's, and made from the inputs now in ``directory``: a manifest whose
-    input was rewritten since (a new scan under an old dedupe, say) is an error, not a mix.
-    """
+    """A stage's manifest in ``directory`` and its provenance, checked by :func:`read_manifest`."""
     path = manifest_path(directory, stage)
-    frame = read_manifest(path, stage=stage)
-    provenance = read_provenance(path)
-    for upstream, run_id in provenance.get("inputs", {}).items():
-        upstream_path = manifest_path(directory, upstream)
-        if upstream_path.exists() and read_provenance(upstream_path).get("run_id") != run_id:
-            raise ManifestError(
-                f"{path.name} was made from an older {upstream_path.name}; "
-                f"run `curate {stage}` again"
-            )
-    return frame, provenance
+    return read_manifest(path, stage=stage), read_provenance(path)
+
+
+def check_chain(path: str | Path) -> None:
+    """A manifest must be made from the manifests now beside it, all the way up the chain.
+
+    Each manifest records the run id of every manifest it was made from; one whose input was
+    rewritten since (a new scan under an old dedupe, two stages back or ten) is an error naming
+    the stage to run again, not a mix.
+    """
+    path = Path(path)
+    top = read_provenance(path)
+    pending, checked = [top], set()
+    while pending:
+        provenance = pending.pop()
+        for upstream, run_id in provenance.get("inputs", {}).items():
+            upstream_path = manifest_path(path.parent, upstream)
+            if upstream in checked or not upstream_path.exists():
+                continue
+            found = read_provenance(upstream_path)
+            if found.get("run_id") != run_id:
+                stage = provenance.get("stage")
+                then = "" if stage == top.get("stage") else " and the stages after it"
+                raise ManifestError(
+                    f"{manifest_path('', stage).name} was made from an older "
+                    f"{upstream_path.name}; run `curate {stage}`{then} again"
+                )
+            checked.add(upstream)
+            pending.append(found)
+
+
+def check_columns(path: str | Path, stage: str, columns: list[str] | None = None) -> None:
+    """A stage's manifest must hold the schema's columns (or those of ``columns``), each of a
+    type that fits its dtype."""
+    expected = EMBEDDING_COLUMNS if stage == "embed" else table_columns(stage)
+    if columns is not None:
+        expected = {name: expected.get(name, "object") for name in columns}
+    stored = pq.read_schema(path)
+    missing = [name for name in expected if name not in stored.names]
+    if missing:
+        raise ManifestError(
+            f"{path} lacks column(s) {', '.join(missing)}, which `curate {stage}` writes; "
+            f"run `curate {stage}` again"
+        )
+    for name, dtype in expected.items():
+        problem = column_type_problem(name, dtype, stored.field(name).type)
+        if problem:
+            raise ManifestError(f"{path} is damaged: {problem}; run `curate {stage}` again")
 
 
 def recorded_root(provenance: dict[str, Any]) -> Path | None:
@@ -175,14 +250,20 @@ def dataset_root(provenance: dict[str, Any], override: str | Path | None = None)
 def read_manifest(
     path: str | Path, *, stage: str | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """Read a manifest, checking that it was written by ``stage`` when one is given."""
+    """Read a manifest (or its ``columns``). With ``stage``: check that the stage wrote it, that
+    it was made from the manifests now beside it (:func:`check_chain`) and that its columns (or
+    the ``columns`` read) are the schema's."""
     path = Path(path)
     if not path.exists():
         hint = f" Run `curate {stage}` first." if stage else ""
         raise ManifestError(f"{path} does not exist.{hint}")
     provenance = read_provenance(path)
-    if stage is not None and provenance.get("stage") != stage:
-        raise ManifestError(
-            f"{path} was written by stage {provenance.get('stage')!r}, expected {stage!r}"
-        )
+    if stage is not None:
+        if provenance.get("stage") != stage:
+            raise ManifestError(
+                f"{path} was written by stage {provenance.get('stage')!r}, expected {stage!r}"
+            )
+        check_chain(path)
+        if stage in (*TABLE_STAGES, "embed"):
+            check_columns(path, stage, columns)
     return pd.read_parquet(path, columns=columns)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from fracture_curate.dataset_files import ScannedFile
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8, to_uint8
 
 #: Of RGB in [0, 1], as torchvision's and timm's ImageNet models expect.
@@ -58,26 +59,29 @@ def preprocess(source: str | Path | bytes, image_size: int, resize: str) -> np.n
     return to_rgb8(np.array(image))
 
 
-class ImageFiles:
-    """Preprocessed images by index (a map-style dataset for a DataLoader); a file that fails to
-    load yields its reason instead."""
+#: Why an image yielded no input: (status, reason), as a manifest row records them.
+Failure = tuple[str, str]
 
-    def __init__(self, paths: list[Path], image_size: int, resize: str) -> None:
-        self.paths, self.image_size, self.resize = paths, image_size, resize
+
+class ImageFiles:
+    """Preprocessed images of scanned files by index (a map-style dataset for a DataLoader); a
+    file that fails to load, or is no longer the one scanned, yields its failure instead."""
+
+    def __init__(self, files: list[ScannedFile], image_size: int, resize: str) -> None:
+        self.files, self.image_size, self.resize = files, image_size, resize
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, Failure | None]:
         try:
-            return index, preprocess(self.paths[index], self.image_size, self.resize), None
+            data = self.files[index].read()
+            return index, preprocess(data, self.image_size, self.resize), None
         except ImageLoadError as error:
-            return index, None, error.reason
-        except OSError as error:
-            return index, None, f"cannot read file: {error}"
+            return index, None, (error.status, error.reason)
 
 
-def collate(batch: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
+def collate(batch: list[tuple[int, np.ndarray | None, Failure | None]]) -> dict[str, Any]:
     """Stack the images that loaded into an N x 3 x H x W uint8 tensor (channels-last memory)."""
     import torch
 
@@ -86,7 +90,7 @@ def collate(batch: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str,
     return {
         "indices": [index for index, _ in loaded],
         "images": images.permute(0, 3, 1, 2) if images is not None else None,
-        "failures": {index: reason for index, array, reason in batch if array is None},
+        "failures": {index: failure for index, array, failure in batch if array is None},
     }
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from fracture_curate.manifest import read_stage, write_stage
+from fracture_curate.manifest import folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.schema import OUTLIER_COLUMNS, empty_columns
 from fracture_curate.vectors import embedding_matrix, unit_rows
@@ -124,9 +124,10 @@ def score_outliers(
 
 def run_outliers(directory: str | Path, config: OutlierConfig = OutlierConfig()) -> pd.DataFrame:
     """Read ``dedupe`` and ``embeddings``, score, write ``outliers.parquet``."""
-    frame, provenance = read_stage(directory, "dedupe")
-    embeddings, embed_provenance = read_stage(directory, "embed")
-    scored = score_outliers(frame, embeddings, config)
-    inputs = {"dedupe": provenance, "embed": embed_provenance}
-    write_stage(scored, directory, "outliers", params=asdict(config), inputs=inputs)
+    with folder_lock(directory):
+        frame, provenance = read_stage(directory, "dedupe")
+        embeddings, embed_provenance = read_stage(directory, "embed")
+        scored = score_outliers(frame, embeddings, config)
+        inputs = {"dedupe": provenance, "embed": embed_provenance}
+        write_stage(scored, directory, "outliers", params=asdict(config), inputs=inputs)
     return scored

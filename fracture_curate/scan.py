@@ -9,12 +9,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from fracture_curate.dataset_files import (
+    content_id,
+    is_utf8,
+    list_files,
+    printable_path,
+    resolve_inside,
+)
 from fracture_curate.errors import ConfigError
 from fracture_curate.images import (
     DEFAULT_MAX_PIXELS,
@@ -24,10 +31,11 @@ from fracture_curate.images import (
     open_image,
 )
 from fracture_curate.layouts import LAYOUTS, detect_layout, labels_from_path, read_label_csv
-from fracture_curate.manifest import manifest_path, write_manifest
+from fracture_curate.manifest import folder_lock, manifest_path, write_manifest
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import dihedral_phash
 from fracture_curate.progress import Phase, ProgressCallback
+from fracture_curate.runtime import die_with_parent
 from fracture_curate.schema import SCAN_COLUMNS
 
 
@@ -39,10 +47,17 @@ class ScanConfig:
     labels_csv: Path | None = None  #: CSV with path,label (and optional split, patient_id...)
     formats: tuple[str, ...] = ("JPEG", "PNG")  #: formats kept (read from the content)
     max_pixels: int = DEFAULT_MAX_PIXELS  #: decompression-bomb guard
+    #: Images smaller than this on a side, longer than ``max_aspect`` times their width (or the
+    #: other way round), or of a single grey level, are ``degenerate``: no radiograph looks so,
+    #: and their perceptual hashes and embeddings would match one another as copies.
+    min_side: int = 32
+    max_aspect: float = 10.0
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "layout": Options(LAYOUTS),
         "max_pixels": Interval(1, integer=True),
+        "min_side": Interval(1, integer=True),
+        "max_aspect": Interval(1),
     }
 
     def __post_init__(self) -> None:
@@ -63,59 +78,59 @@ class ScanResult:
     unmatched_labels: list[str]  #: CSV rows naming files that were not found
 
 
-def list_files(root: Path, *, exclude: Sequence[Path] = ()) -> list[str]:
-    """Every file under ``root``, as sorted relative POSIX paths; ``exclude`` folders skipped."""
-    excluded = {path.resolve() for path in exclude}
-    found = []
-    for directory, subdirectories, files in os.walk(root):
-        current = Path(directory)
-        subdirectories[:] = [d for d in subdirectories if (current / d).resolve() not in excluded]
-        found.extend((current / name).relative_to(root).as_posix() for name in files)
-    return sorted(found)
-
-
 def inspect_file(
-    root: Path,
-    relative_path: str,
-    *,
-    formats: Sequence[str] = ScanConfig.formats,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    root: Path, relative_path: str, config: ScanConfig = ScanConfig()
 ) -> dict[str, Any]:
     """One scan row (without labels) for one file. Never raises for a bad file."""
-    path = root / relative_path
     row: dict[str, Any] = {
         "path": relative_path,
-        "extension": path.suffix.lower().lstrip("."),
+        "extension": PurePosixPath(relative_path).suffix.lower().lstrip("."),
     }
     try:
+        path = resolve_inside(root, relative_path)
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             return row | _failure("unreadable", "not a regular file")
         data = path.read_bytes()
+    except ImageLoadError as error:
+        return row | _failure(error.status, error.reason)
     except FileNotFoundError:
         return row | _failure("unreadable", "file vanished or is a broken link")
     except PermissionError:
         return row | _failure("unreadable", "permission denied")
     except OSError as error:
         return row | _failure("unreadable", f"cannot read file: {error.strerror or error}")
-    row["image_id"] = hashlib.sha256(data).hexdigest()
+    row["image_id"] = content_id(data)
     row["bytes"] = len(data)
     if not data:
         return row | _failure("empty", "zero-byte file")
     try:
-        with open_image(data, max_pixels=max_pixels) as image:
+        with open_image(data, max_pixels=config.max_pixels) as image:
             row["format"] = image.format
             row["width"], row["height"] = image.size
             row["mode"] = image.mode
-            if image.format not in formats:
-                kept = ", ".join(formats)
+            if image.format not in config.formats:
+                kept = ", ".join(config.formats)
                 return row | _failure(
                     "dropped_format", f"{image.format} is not a kept format ({kept})"
                 )
             loaded = decode(image)
     except ImageLoadError as error:
         return row | _failure(error.status, error.reason)
-    return row | {"status": "ok"} | image_stats(loaded)
+    stats = image_stats(loaded)
+    problem = degeneracy(stats["width"], stats["height"], stats["colour_count"], config)
+    return row | stats | (_failure("degenerate", problem) if problem else {"status": "ok"})
+
+
+def degeneracy(width: int, height: int, colour_count: int, config: ScanConfig) -> str | None:
+    """Why an image cannot be a radiograph (too small, too elongated, blank), or None."""
+    if min(width, height) < config.min_side:
+        return f"{width}x{height} pixels: smaller than {config.min_side} on a side"
+    if max(width, height) > config.max_aspect * min(width, height):
+        return f"{width}x{height} pixels: longer than {config.max_aspect:g} times its width"
+    if colour_count <= 1:
+        return f"{width}x{height} pixels of one single value: blank"
+    return None
 
 
 def image_stats(image: LoadedImage) -> dict[str, Any]:
@@ -169,30 +184,37 @@ def scan_dataset(
     """Scan every file under ``root`` into a table, one row per file.
 
     ``workers`` processes inspect the files (default: one per core); ``exclude`` folders are not
-    walked.
+    walked. Links out of the root, folders that cannot be listed and names that are not UTF-8
+    are rows with a status too (see :mod:`fracture_curate.dataset_files`).
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"dataset root {root} is not a folder")
     layout = "csv" if config.labels_csv is not None else config.layout
-    paths = list_files(root, exclude=exclude)
+    listed = list_files(root, exclude=exclude)
+    readable = [path for path in listed.files if is_utf8(path)]
     if layout == "auto":
-        layout = detect_layout(paths)
+        layout = detect_layout(readable)
     csv_labels = read_label_csv(config.labels_csv) if config.labels_csv is not None else {}
 
-    inspect = partial(inspect_file, root, formats=config.formats, max_pixels=config.max_pixels)
-    phase = Phase(on_progress, "scanning", len(paths))
-    rows = []
-    for row in _map(inspect, paths, workers):
-        labels = (
-            csv_labels.get(row["path"])
-            if layout == "csv"
-            else labels_from_path(row["path"], layout)
-        )
-        rows.append(row | asdict(labels) if labels is not None else row)
+    phase = Phase(on_progress, "scanning", len(listed.files) + len(listed.skipped))
+    rows = {}
+    for row in _map(partial(inspect_file, root, config=config), readable, workers):
+        rows[row["path"]] = row
         phase.advance()
-    frame = pd.DataFrame(rows, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
-    unmatched = sorted(set(csv_labels) - set(paths))
+    for path in [path for path in listed.files if not is_utf8(path)]:
+        rows[path] = _unlisted_row(path, "bad_name", "the name is not valid UTF-8; rename it")
+        phase.advance()
+    for path, (status, reason) in listed.skipped.items():
+        rows[path] = _unlisted_row(path, status, reason)
+        phase.advance()
+    for path, row in rows.items():
+        labels = csv_labels.get(path) if layout == "csv" else labels_from_path(row["path"], layout)
+        if labels is not None:
+            row |= asdict(labels)
+    table = [rows[path] for path in sorted(rows)]
+    frame = pd.DataFrame(table, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
+    unmatched = sorted(set(csv_labels) - set(listed.files))
     return ScanResult(frame=frame, layout=layout, unmatched_labels=unmatched)
 
 
@@ -205,11 +227,12 @@ def run_scan(
     on_progress: ProgressCallback | None = None,
 ) -> ScanResult:
     """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned)."""
-    result = scan_dataset(
-        root, config, workers=workers, exclude=[Path(directory)], on_progress=on_progress
-    )
-    params = asdict(config) | {"root": str(Path(root).resolve()), "layout": result.layout}
-    write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)
+    with folder_lock(directory):
+        result = scan_dataset(
+            root, config, workers=workers, exclude=[Path(directory)], on_progress=on_progress
+        )
+        params = asdict(config) | {"root": str(Path(root).resolve()), "layout": result.layout}
+        write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)
     return result
 
 
@@ -234,6 +257,13 @@ def _failure(status: str, reason: str) -> dict[str, str]:
     return {"status": status, "reason": reason}
 
 
+def _unlisted_row(path: str, status: str, reason: str) -> dict[str, Any]:
+    """The row of something found but not inspected, under a name that can be stored."""
+    shown = printable_path(path)
+    extension = PurePosixPath(shown).suffix.lower().lstrip(".")
+    return {"path": shown, "extension": extension} | _failure(status, reason)
+
+
 def _map(function: Any, items: list[str], workers: int | None) -> Iterator[dict[str, Any]]:
     """``map`` over processes (in order), or in this process when one worker is asked for."""
     workers = workers or os.cpu_count() or 1
@@ -241,5 +271,5 @@ def _map(function: Any, items: list[str], workers: int | None) -> Iterator[dict[
         yield from map(function, items)
         return
     chunksize = max(1, min(64, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         yield from pool.map(function, items, chunksize=chunksize)

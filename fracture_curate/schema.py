@@ -9,6 +9,7 @@ a run's predictions are tables of their own.
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 
 #: The curation stages in the order they run; each reads the manifest of the one before.
 STAGES = ("scan", "embed", "dedupe", "outliers", "split")
@@ -20,16 +21,23 @@ PREDICT_STAGE = "predict"
 #: The splits of a curated set.
 SPLITS = ("train", "val", "test")
 
-#: ``scan.parquet`` ``status``: ``ok``, or why the file is not used.
+#: ``status``: ``ok``, or why the file is not used. The scan sets it; a later stage that reads
+#: or checks the files sets ``changed`` or ``vanished`` on a row whose file is no longer the one
+#: scanned.
 STATUSES = (
     "ok",
     "unreadable",  # permissions, broken links, special files
+    "outside_root",  # a symbolic link that leads out of the dataset root (not followed)
+    "bad_name",  # a file or folder name that is not valid UTF-8
     "empty",  # zero bytes
     "not_image",  # no image format recognised: text, random bytes
     "too_large",  # over the decompression-bomb guard
     "dropped_format",  # a format not kept (GIF, WEBP by default)
     "truncated",  # the data stops early
     "corrupt",  # the data is damaged
+    "degenerate",  # too small, an extreme aspect ratio, or blank: not a radiograph
+    "changed",  # the file's bytes differ from the scan's (size or SHA-256)
+    "vanished",  # the file is gone since the scan
 )
 
 #: ``dedupe.parquet`` ``match_kind``: the layers that match copies, most certain first.
@@ -144,6 +152,28 @@ def empty_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     for name, dtype in columns.items():
         result[name] = pd.Series(pd.NA, index=result.index, dtype=dtype)
     return result
+
+
+def column_type_problem(name: str, dtype: str, stored: pa.DataType) -> str | None:
+    """Why a column stored with Parquet type ``stored`` cannot be the schema's ``dtype``, or
+    None when it can. A column of nulls fits any dtype."""
+    if pa.types.is_null(stored):
+        return None
+    if pa.types.is_dictionary(stored):
+        stored = stored.value_type
+    fits = {
+        "string": pa.types.is_string(stored) or pa.types.is_large_string(stored),
+        "Int64": pa.types.is_integer(stored),
+        "Float64": pa.types.is_floating(stored),
+        "boolean": pa.types.is_boolean(stored),
+    }
+    if name == "phash":
+        return None if pa.types.is_binary(stored) else f"{name} is {stored}, not binary"
+    if name == "embedding":
+        listed = pa.types.is_fixed_size_list(stored) or pa.types.is_list(stored)
+        vectors = listed and pa.types.is_floating(stored.value_type)
+        return None if vectors else f"{name} is {stored}, not a list of floats"
+    return None if fits.get(dtype, True) else f"{name} is {stored}, not {dtype}"
 
 
 def probability_column(class_name: str) -> str:

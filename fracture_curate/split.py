@@ -10,9 +10,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from fracture_curate.dataset_files import recheck
 from fracture_curate.errors import CurateError
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import read_stage, write_stage
+from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.schema import SPLIT_COLUMNS, SPLITS, empty_columns
 
@@ -72,14 +73,15 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
 
 
 def _conflict_details(frame: pd.DataFrame) -> pd.Series:
-    """For each clustered row, the labels its duplicate cluster holds: "labels fractured, not
-    fractured in one duplicate cluster"."""
-    labels = frame.groupby("cluster_id")["label"].agg(
+    """For each row of a label-conflict cluster, the labels its cluster holds: "labels
+    fractured, not fractured in one duplicate cluster"."""
+    conflicted = frame[frame["label_conflict"].fillna(False).astype(bool)]
+    labels = conflicted.groupby("cluster_id")["label"].agg(
         lambda found: ", ".join(sorted(found.dropna().unique()))
     )
-    return ("labels " + frame["cluster_id"].map(labels) + " in one duplicate cluster").astype(
-        "string"
-    )
+    details = pd.Series(pd.NA, index=frame.index, dtype="string")
+    details[conflicted.index] = "labels " + conflicted["cluster_id"].map(labels).astype(str)
+    return details + " in one duplicate cluster"
 
 
 def _kept_paths(frame: pd.DataFrame) -> pd.Series:
@@ -170,9 +172,18 @@ def straddling_groups(frame: pd.DataFrame) -> pd.DataFrame:
     return spread[spread["n_splits"] > 1]
 
 
-def run_split(directory: str | Path, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
-    """Read ``outliers``, split, write ``split.parquet``."""
-    frame, provenance = read_stage(directory, "outliers")
-    result = make_split(frame, config)
-    write_stage(result, directory, "split", params=asdict(config), inputs={"outliers": provenance})
+def run_split(
+    directory: str | Path, config: SplitConfig = SplitConfig(), *, root: str | Path | None = None
+) -> pd.DataFrame:
+    """Read ``outliers``, split, write ``split.parquet``.
+
+    Rows whose file is gone or resized since the scan get that status first and take no part;
+    ``root`` overrides the dataset folder recorded in the scan (for a dataset that moved).
+    """
+    with folder_lock(directory):
+        frame, provenance = read_stage(directory, "outliers")
+        root = dataset_root(provenance, root)
+        result = make_split(recheck(frame, root), config)
+        params = asdict(config) | {"root": str(root)}
+        write_stage(result, directory, "split", params=params, inputs={"outliers": provenance})
     return result

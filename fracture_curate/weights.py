@@ -136,7 +136,11 @@ def _load(path: Path, source: str, *, expected_sha256: str | None) -> ResolvedWe
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError...
-        raise WeightsError(f"weights file {path} cannot be loaded: {error}") from error
+        # torch's own message advises weights_only=False, i.e. running the file's code: never.
+        raise WeightsError(
+            f"weights file {path} cannot be loaded as tensors alone ({type(error).__name__}): it "
+            "is damaged or holds more than a state dict; pass a state dict saved with torch.save"
+        ) from error
     if not isinstance(state_dict, dict) or not state_dict:
         raise WeightsError(f"weights file {path} does not hold a state dict")
     return ResolvedWeights(state_dict=state_dict, source=source, sha256=sha256, path=path)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
@@ -23,7 +24,7 @@ from fracture_curate import __version__
 from fracture_curate.errors import CurateError
 from fracture_curate.manifest import atomic_path
 from fracture_curate.model_input import Preprocessing
-from fracture_train.models import ModelError, create_model
+from fracture_train.models import BUILT_IN_FACTORIES, ModelError, create_model
 
 CONFIG_FILE = "config.json"
 BEST = "best"
@@ -142,9 +143,17 @@ def weights_epoch(path: str | Path) -> int:
         return int(handle.metadata()["epoch"])
 
 
-def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, RunConfig]:
-    """Rebuild a trained model from a run folder: ``(model in eval mode, its config)``."""
+def load_model(
+    run_dir: str | Path, which: str = BEST, *, factory: str | None = None
+) -> tuple[nn.Module, RunConfig]:
+    """Rebuild a trained model from a run folder: ``(model in eval mode, its config)``.
+
+    A run folder holds tensors and JSON and never runs code: its model must be a timm name, one
+    of this package's factories, or the ``package.module:factory`` that the caller names itself
+    as ``factory`` (the user, on the command line), never one taken from the folder alone.
+    """
     config = read_run_config(run_dir)
+    check_model_name(config.model, factory)
     path = weights_path(run_dir, which)
     try:
         state = load_file(path)
@@ -158,6 +167,18 @@ def load_model(run_dir: str | Path, which: str = BEST) -> tuple[nn.Module, RunCo
     except (ModelError, RuntimeError) as error:
         raise CheckpointError(f"{path} does not fit {config.model}: {error}") from error
     return model.eval(), config
+
+
+def check_model_name(name: str, factory: str | None) -> None:
+    """A run config's model must be a timm name, one of this package's factories, or the factory
+    the user named (``factory``)."""
+    if ":" in name and name != factory and name not in BUILT_IN_FACTORIES:
+        raise CheckpointError(
+            f"the run's {CONFIG_FILE} names the model factory {name!r}, code that a run folder "
+            f"never runs on its own; if you trust it, name it yourself: --model {name}"
+        )
+    if ":" not in name and not timm.is_model(name):
+        raise CheckpointError(f"the run's {CONFIG_FILE} names {name!r}, which is not a timm model")
 
 
 def save_resume_state(

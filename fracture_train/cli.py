@@ -162,6 +162,13 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last finished epoch.")
     ] = TrainConfig.resume,
+    show_paths: Annotated[
+        bool,
+        typer.Option(
+            help="Write whole paths into metrics.json (by default only the last part of each, "
+            "so a shared file leaks no folders)."
+        ),
+    ] = TrainConfig.show_paths,
 ) -> None:
     """Train on the train rows of MANIFEST, select on val, report on test.
 
@@ -214,6 +221,7 @@ def train(
             cache_dir=cache_dir,
             seed=seed,
             resume=resume,
+            show_paths=show_paths,
         )
         try:
             with make_progress("img") as progress:
@@ -260,6 +268,16 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 64,
     workers: Workers = -1,
     cache: Cache = "memory",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The package.module:factory the run was trained with, when it was one: a run "
+            "folder never imports code on its own."
+        ),
+    ] = None,
+    show_paths: Annotated[
+        bool, typer.Option(help="Write whole paths into metrics.json (by default last parts).")
+    ] = False,
 ) -> None:
     """Evaluate a trained run on another curated set (cross-dataset), as training evaluates."""
     from fracture_train.evaluate import evaluate_run
@@ -281,6 +299,8 @@ def evaluate(
                 batch_size=batch_size,
                 workers=None if workers < 0 else workers,
                 cache=cache,
+                model=model,
+                show_paths=show_paths,
                 on_progress=ProgressBars(progress),
             )
     if result.metrics["label_map"]:

@@ -31,6 +31,7 @@ RESUMABLE = (
     "cache",
     "cache_dir",
     "resume",
+    "show_paths",
 )
 _FLAG = Options((True, False))
 
@@ -71,6 +72,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     seed: int = 0
     resume: bool = False
+    show_paths: bool = False  #: whole paths in metrics.json (by default only their last part)
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "pretrained": _FLAG,
@@ -97,6 +99,7 @@ class TrainConfig:
         "cache": Options(CACHE_MODES),
         "seed": Interval(0, integer=True),
         "resume": _FLAG,
+        "show_paths": _FLAG,
     }
 
     def __post_init__(self) -> None:

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
+from fracture_curate.dataset_files import ScannedFile
 from fracture_curate.images import ImageLoadError
 from fracture_curate.manifest import atomic_path
-from fracture_curate.model_input import ImageFiles, collate, preprocess
+from fracture_curate.model_input import Failure, ImageFiles, collate, preprocess
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import default_workers, worker_init_fn
 from fracture_train.config import AUGMENT_PRESETS, CACHE_MODES
@@ -37,8 +38,7 @@ class ImageStore:
 
     def __init__(
         self,
-        paths: list[Path],
-        image_ids: list[str],
+        files: list[ScannedFile],
         image_size: int,
         cache: str = "memory",
         cache_dir: Path | None = None,
@@ -47,12 +47,8 @@ class ImageStore:
             raise DataError(f"unknown cache {cache!r}; choose one of {', '.join(CACHE_MODES)}")
         if cache == "disk" and cache_dir is None:
             raise DataError("--cache disk needs a cache folder")
-        self.paths, self.image_ids, self.image_size, self.cache = (
-            paths,
-            image_ids,
-            image_size,
-            cache,
-        )
+        self.files, self.image_size, self.cache = files, image_size, cache
+        image_ids = [file.image_id for file in files]
         unique = list(dict.fromkeys(image_ids))
         slots = {image_id: position for position, image_id in enumerate(unique)}
         self.slot = np.array([slots[image_id] for image_id in image_ids], dtype=np.int64)
@@ -70,7 +66,7 @@ class ImageStore:
         self.filled = cache == "none"
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def missing(self) -> list[int]:
         """Row positions to decode to fill the cache: one per image id not cached yet."""
@@ -94,13 +90,13 @@ class ImageStore:
         todo = self.missing()
         phase = Phase(on_progress, "decoding", len(todo))
         loader = DataLoader(
-            ImageFiles([self.paths[p] for p in todo], self.image_size, "stretch"),
+            ImageFiles([self.files[p] for p in todo], self.image_size, "stretch"),
             batch_size=32,
             num_workers=workers,
             collate_fn=collate,
             worker_init_fn=worker_init_fn(),
         )
-        failures: dict[int, str] = {}
+        failures: dict[int, Failure] = {}
         for batch in loader:
             failures.update(batch["failures"])
             if batch["images"] is not None:
@@ -109,10 +105,10 @@ class ImageStore:
                     self._store(todo[index], image)
             phase.advance(len(batch["indices"]) + len(batch["failures"]))
         if failures:
-            index, reason = next(iter(failures.items()))
+            index, (_, reason) = next(iter(failures.items()))
             raise DataError(
-                f"{len(failures)} image(s) could not be decoded, e.g. {self.paths[todo[index]]}: "
-                f"{reason}"
+                f"{len(failures)} image(s) could not be decoded, e.g. "
+                f"{self.files[todo[index]].path}: {reason}"
             )
         self.filled = True
         return len(todo)
@@ -122,13 +118,14 @@ class ImageStore:
             return self.array[self.slot[position]]
         if self.folder is not None:
             return np.load(self._disk_path(position))
+        file = self.files[position]
         try:
-            return preprocess(self.paths[position], self.image_size, "stretch")
+            return preprocess(file.read(), self.image_size, "stretch")
         except ImageLoadError as error:
-            raise DataError(f"{self.paths[position]}: {error.reason}") from error
+            raise DataError(f"{file.path}: {error.reason}") from error
 
     def _disk_path(self, position: int) -> Path:
-        return self.folder / f"{self.image_ids[position]}.npy"
+        return self.folder / f"{self.files[position].image_id}.npy"
 
     def _store(self, position: int, image: np.ndarray) -> None:
         if self.array is not None:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from fracture_curate.manifest import write_manifest
+from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.manifest import folder_lock, write_manifest
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_curate.schema import (
@@ -102,7 +103,6 @@ def write_evaluation(
         "decision_threshold": DEFAULT_THRESHOLD,
         "val_threshold": val_threshold,
     }
-    frames = []
     for result in results:
         metrics[result.name] = classification_metrics(
             result.targets,
@@ -111,16 +111,24 @@ def write_evaluation(
             positive=positive,
             extra_threshold=val_threshold,
         ) | {"loss": result.loss}
-        frames.append(_predictions(rows, result, val_threshold))
+    # The numbers first: a figure that cannot be drawn must not cost them.
+    write_manifest(
+        pd.concat([_predictions(rows, r, val_threshold) for r in results], ignore_index=True),
+        out / PREDICTIONS_FILE,
+        stage=PREDICT_STAGE,
+        params=provenance,
+    )
+    write_json(out / METRICS_FILE, metrics)
+    thresholds = {"decision": DEFAULT_THRESHOLD}
+    if val_threshold is not None:
+        thresholds["val-chosen"] = val_threshold
+    for result in results:
         plot_confusion(
             metrics[result.name]["confusion_matrix"],
             rows.class_names,
             out / f"confusion_{result.name}.png",
             f"Confusion matrix ({result.name}, n={len(result.targets)})",
         )
-        thresholds = {"decision": DEFAULT_THRESHOLD}
-        if val_threshold is not None:
-            thresholds["val-chosen"] = val_threshold
         plot_roc(
             result.targets,
             result.probs,
@@ -130,13 +138,6 @@ def write_evaluation(
             f"ROC ({result.name})",
             thresholds if positive is not None else None,
         )
-    write_manifest(
-        pd.concat(frames, ignore_index=True),
-        out / PREDICTIONS_FILE,
-        stage=PREDICT_STAGE,
-        params=provenance,
-    )
-    write_json(out / METRICS_FILE, metrics)
     return metrics
 
 
@@ -166,57 +167,63 @@ def evaluate_run(
     batch_size: int = 64,
     workers: int | None = None,
     cache: str = "memory",
+    model: str | None = None,
+    show_paths: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
 
     Writes the evaluation to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
-    metrics are at 0.5 and at the threshold the run chose on its own validation set.
+    metrics are at 0.5 and at the threshold the run chose on its own validation set. ``model``
+    names the ``package.module:factory`` a run was trained with, when it was one: a run folder
+    never imports code on its own.
     """
     run_dir = Path(run_dir)
-    model, config = load_model(run_dir, checkpoint)
+    network, config = load_model(run_dir, checkpoint, factory=model)
     rows = load_evaluation_rows(
         manifest, config.class_names, config.positive_class, root=root, split=split
     )
     name = split or "all"
     out = Path(out) if out is not None else run_dir / "evaluations" / f"{rows.root.name}-{name}"
     torch_device = resolve_device(device)
-    store = ImageStore(
-        [rows.root / path for path in rows.frame["path"]],
-        rows.frame["image_id"].tolist(),
-        config.preprocessing.image_size,
-        cache,
-        out / "cache",
-    )
-    store.fill(fill_workers(workers), on_progress)
-    placement = Placement.create(torch_device, config.preprocessing, amp=False, channels_last=True)
-    on_cuda = torch_device.type == "cuda"
-    workers = loader_workers(workers, on_cuda, cache)
-    with torch_threads(model_threads(on_cuda, workers)):
-        results = predict_splits(
-            placement.prepare(model),
-            rows,
-            store,
-            placement,
-            {name: np.arange(len(rows.frame))},
-            batch_size=batch_size,
-            workers=workers,
-            phase=Phase(on_progress, "evaluating", len(rows.frame)),
+    with folder_lock(out, "evaluation folder"):
+        store = ImageStore(
+            scanned_files(rows.frame, rows.root),
+            config.preprocessing.image_size,
+            cache,
+            out / "cache",
         )
-    header = {
-        "run": str(run_dir),
-        "checkpoint": checkpoint,
-        "model": config.model,
-        "manifest": str(manifest),
-        "root": str(rows.root),
-        "label_map": rows.label_map,
-    }
-    metrics = write_evaluation(
-        out,
-        rows,
-        results,
-        val_threshold=config.val_threshold,
-        header=header,
-        provenance=header,
-    )
+        store.fill(fill_workers(workers), on_progress)
+        placement = Placement.create(
+            torch_device, config.preprocessing, amp=False, channels_last=True
+        )
+        on_cuda = torch_device.type == "cuda"
+        workers = loader_workers(workers, on_cuda, cache)
+        with torch_threads(model_threads(on_cuda, workers)):
+            results = predict_splits(
+                placement.prepare(network),
+                rows,
+                store,
+                placement,
+                {name: np.arange(len(rows.frame))},
+                batch_size=batch_size,
+                workers=workers,
+                phase=Phase(on_progress, "evaluating", len(rows.frame)),
+            )
+        header = {
+            "run": shown_path(run_dir, show_paths),
+            "checkpoint": checkpoint,
+            "model": config.model,
+            "manifest": shown_path(manifest, show_paths),
+            "root": shown_path(rows.root, show_paths),
+            "label_map": rows.label_map,
+        }
+        metrics = write_evaluation(
+            out,
+            rows,
+            results,
+            val_threshold=config.val_threshold,
+            header=header,
+            provenance=header,
+        )
     return EvaluationResult(out=out, metrics=metrics)

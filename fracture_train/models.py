@@ -23,6 +23,9 @@ from torch import nn
 from fracture_curate.errors import CurateError
 from fracture_curate.weights import IMAGENET, WeightsError, resolve_weights
 
+#: Model factories of this package, which a run folder may name: no other code is run on a run
+#: folder's word (a user's own factory is named by the user, on the command line).
+BUILT_IN_FACTORIES = frozenset({"fracture_train.models:two_block_cnn"})
 #: timm names whose ImageNet weights come from the verified offline torchvision file.
 TORCHVISION_IMAGENET = {"mobilenetv2_100": "torchvision MobileNetV2 (IMAGENET1K_V1)"}
 

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
+from fracture_curate.figures import plain_text
 from fracture_curate.manifest import atomic_path
 
 
@@ -20,6 +21,7 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
+@plain_text
 def plot_history(history: pd.DataFrame, path: str | Path) -> Path:
     """Train and val loss, and train and val accuracy, by epoch."""
     figure = Figure(figsize=(10, 4))
@@ -37,6 +39,7 @@ def plot_history(history: pd.DataFrame, path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
+@plain_text
 def plot_confusion(
     matrix: list[list[int]], class_names: list[str], path: str | Path, title: str
 ) -> Path:
@@ -59,6 +62,7 @@ def plot_confusion(
     return save_figure(figure, path)
 
 
+@plain_text
 def plot_roc(
     targets: np.ndarray,
     probs: np.ndarray,

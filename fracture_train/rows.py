@@ -20,7 +20,7 @@ from fracture_curate.manifest import dataset_root, read_manifest, read_provenanc
 from fracture_curate.schema import SPLITS
 
 #: The columns of a split manifest that training reads.
-REQUIRED_COLUMNS = ("image_id", "path", "label", "split", "status")
+REQUIRED_COLUMNS = ("image_id", "path", "bytes", "label", "split", "status")
 
 
 class DataError(CurateError):
@@ -128,12 +128,7 @@ def load_evaluation_rows(
 
 def _read_usable(manifest: str | Path, root: str | Path | None) -> tuple[pd.DataFrame, Path]:
     """The rows with a split, checked for columns, status, labels; and the dataset folder."""
-    frame = read_manifest(manifest, stage="split")
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{manifest} lacks column(s) {', '.join(missing)}; is it written by `curate split`?"
-        )
+    frame = read_manifest(manifest, stage="split", columns=list(REQUIRED_COLUMNS))
     frame = frame[frame["split"].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"{manifest} has no rows with a split")
@@ -154,7 +149,7 @@ def _read_usable(manifest: str | Path, root: str | Path | None) -> tuple[pd.Data
             f"label, e.g. {first['path']}"
         )
     root = dataset_root(read_provenance(manifest), root)
-    columns = ["image_id", "path", "label", "split"]
+    columns = ["image_id", "path", "bytes", "label", "split"]
     return frame[columns].astype({"label": str, "split": str}), root
 
 

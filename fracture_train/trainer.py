@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from fracture_curate.manifest import atomic_path, read_provenance
+from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.manifest import atomic_path, folder_lock, read_provenance
 from fracture_curate.model_input import Preprocessing
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
@@ -119,28 +120,29 @@ def train_run(
     if config.resume:
         check_resume(out, run_config)
     _log_setup(log, rows, built.weights, frozen, device, config)
-    store = ImageStore(
-        [rows.root / path for path in rows.frame["path"]],
-        rows.frame["image_id"].tolist(),
-        config.image_size,
-        config.cache,
-        config.cache_dir or out / "cache",
-    )
-    decoded = store.fill(fill_workers(config.workers), on_progress)
-    if config.cache != "none":
-        log(f"cache: {config.cache}, {decoded} image(s) decoded at {config.image_size}px")
-    if not config.resume:
-        write_run_config(out, run_config)
+    with folder_lock(out, "run folder"):
+        check_run_folder(out, config.resume)  # again: another run may have started meanwhile
+        store = ImageStore(
+            scanned_files(rows.frame, rows.root),
+            config.image_size,
+            config.cache,
+            config.cache_dir or out / "cache",
+        )
+        decoded = store.fill(fill_workers(config.workers), on_progress)
+        if config.cache != "none":
+            log(f"cache: {config.cache}, {decoded} image(s) decoded at {config.image_size}px")
+        if not config.resume:
+            write_run_config(out, run_config)
 
-    placement = Placement.create(
-        device, preprocessing, amp=config.amp, channels_last=config.channels_last
-    )
-    fit = _set_up(config, rows, store, placement, built.model)
-    threads = model_threads(device.type == "cuda", fit.train_loader.num_workers)
-    with torch_threads(threads):
-        loop, history = _train(out, fit, config, rows, on_progress, on_epoch, log)
+        placement = Placement.create(
+            device, preprocessing, amp=config.amp, channels_last=config.channels_last
+        )
+        fit = _set_up(config, rows, store, placement, built.model)
+        threads = model_threads(device.type == "cuda", fit.train_loader.num_workers)
+        with torch_threads(threads):
+            loop, history = _train(out, fit, config, rows, on_progress, on_epoch, log)
+            metrics = _evaluate_best(out, rows, store, fit, config, run_config, loop, on_progress)
         plot_history(pd.DataFrame(history), out / CURVES_FILE)
-        metrics = _evaluate_best(out, rows, store, fit, config, run_config, loop, on_progress)
     return TrainResult(out=out, metrics=metrics, history=pd.DataFrame(history))
 
 
@@ -304,7 +306,7 @@ def _evaluate_best(
 ) -> dict[str, Any]:
     """Reload the best checkpoint from disk (as a user would), predict val and test, choose the
     threshold on val, and write the evaluation."""
-    model, _ = load_model(out, BEST)
+    model, _ = load_model(out, BEST, factory=config.model)  # the user's own --model
     splits = {"val": rows.split("val"), "test": rows.split("test")}
     total = sum(len(positions) for positions in splits.values())
     results = predict_splits(
@@ -333,25 +335,24 @@ def _evaluate_best(
         "stopped_early": loop.stopped_early,
     }
     header = {
-        "run": str(out),
+        "run": shown_path(out, config.show_paths),
         "model": config.model,
         "initial_weights": run_config.initial_weights,
-        "manifest": str(config.manifest),
+        "manifest": shown_path(config.manifest, config.show_paths),
         "task": run_config.task,
         "selection": selection,
         "target_sensitivity": config.target_sensitivity,
     }
-    metrics = write_evaluation(
+    saved = read_run_config(out)
+    write_run_config(out, replace(saved, val_threshold=threshold, selection=selection))
+    return write_evaluation(
         out,
         rows,
         results,
         val_threshold=threshold,
         header=header,
-        provenance={"run": str(out), "manifest": str(config.manifest), "checkpoint": BEST},
+        provenance={"run": header["run"], "manifest": header["manifest"], "checkpoint": BEST},
     )
-    saved = read_run_config(out)
-    write_run_config(out, replace(saved, val_threshold=threshold, selection=selection))
-    return metrics
 
 
 def _improves(value: float, loop: LoopState, metric: str) -> bool:

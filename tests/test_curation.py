@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import save_gray
-from PIL import Image
+from helpers import noise_image, save_gray
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
@@ -212,7 +211,7 @@ def test_keep_source_splits_keeps_them(deduped, planted):
 
 def test_too_few_groups_is_a_clear_error(tmp_path):
     for index in range(3):
-        Image.fromarray(np.full((32, 32), index * 80, np.uint8)).save(tmp_path / f"{index}.png")
+        save_gray(tmp_path / f"{index}.png", noise_image(index))
     frame = deduplicate(scan_dataset(tmp_path, ScanConfig(layout="none"), workers=1).frame, None)
     frame["label"] = "a"
     frame = frame.assign(outlier_score=0.0, is_outlier=False)
@@ -231,11 +230,14 @@ def test_cli_runs_the_stages_in_order_with_clear_errors(planted, tmp_path):
     for stage in ("dedupe", "outliers", "split"):
         result = runner.invoke(app, [stage, "--manifests", str(manifests)])
         assert result.exit_code == 0, result.output
-    assert "straddle" in runner.invoke(app, ["dedupe", "--manifests", str(manifests)]).output
     split = read_manifest(manifest_path(manifests, "split"), stage="split")
     assert len(split) == len(planted["scan"])
     provenance = read_provenance(manifest_path(manifests, "split"))
     assert provenance["params"]["seed"] == 0 and provenance["params"]["root"]
+    assert "straddle" in runner.invoke(app, ["dedupe", "--manifests", str(manifests)]).output
+    stale = runner.invoke(app, ["split", "--manifests", str(manifests)])  # two stages back
+    assert stale.exit_code == 2
+    assert "outliers.parquet was made from an older dedupe.parquet" in stale.output
     for level in ("x", "0.9"):
         command = ["outliers", "--manifests", str(manifests), "--contamination", level]
         wrong = runner.invoke(app, command)

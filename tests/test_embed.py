@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import noise_image, save_gray
+from helpers import noise_image, processes_running, save_gray
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,21 +38,6 @@ def read_embeddings(manifests):
     table = read_manifest(manifests / "embeddings.parquet", stage="embed")
     ids = table["image_id"].tolist()
     return ids, embedding_matrix(table, ids)
-
-
-def processes_running(argument):
-    """PIDs of live (not zombie) processes whose command line holds ``argument`` (Linux)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit() or argument not in (entry / "cmdline").read_text():
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:  # the process ended meanwhile
-            continue
-        if state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def cosine(a, b):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import save_gray
+from helpers import save_gray, scanned
 from PIL import Image
 
 from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
@@ -42,11 +42,11 @@ def phantoms(tmp_path_factory):
         "turned_cropped.jpg": cropped(turned(source, -4.0), 0.05),
     }
     images |= {f"other{k}.png": draw_phantom(rng, 256, k % 2 == 0) for k in range(4)}
-    paths = []
+    files = []
     for name, image in images.items():
-        paths.append(folder / name)
-        image.save(paths[-1], **({"quality": 85} if name.endswith(".jpg") else {}))
-    return paths
+        image.save(folder / name, **({"quality": 85} if name.endswith(".jpg") else {}))
+        files.append(scanned(folder / name))
+    return files
 
 
 def test_turned_and_cropped_phantoms_verify_and_other_phantoms_do_not(phantoms):
@@ -67,9 +67,9 @@ def test_streaming_order_does_not_change_scores(phantoms):
 def test_unreadable_or_blank_images_score_zero(tmp_path, phantoms):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     blank = save_gray(tmp_path / "blank.png", np.full((64, 64), 90, dtype=np.uint8))
-    paths = [phantoms[0], tmp_path / "broken.png", blank]
-    assert verify_pairs(paths, np.array([0, 0]), np.array([1, 2])).tolist() == [0.0, 0.0]
-    assert verify_pairs(paths, np.array([], dtype=int), np.array([], dtype=int)).shape == (0,)
+    files = [phantoms[0], scanned(tmp_path / "broken.png"), scanned(blank)]
+    assert verify_pairs(files, np.array([0, 0]), np.array([1, 2])).tolist() == [0.0, 0.0]
+    assert verify_pairs(files, np.array([], dtype=int), np.array([], dtype=int)).shape == (0,)
 
 
 def test_real_radiograph_and_its_turned_copy_verify(tmp_path, ankle_radiograph):
@@ -80,9 +80,9 @@ def test_real_radiograph_and_its_turned_copy_verify(tmp_path, ankle_radiograph):
         tmp_path / "small_cropped.jpg", quality=80
     )
     eight_bit.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirrored.png")
-    paths = [source, tmp_path / "turned.png", tmp_path / "small_cropped.jpg"]
-    paths.append(tmp_path / "mirrored.png")
-    scores = verify_pairs(paths, np.array([0, 0, 0]), np.array([1, 2, 3]))
+    names = ["turned.png", "small_cropped.jpg", "mirrored.png"]
+    files = [scanned(source), *(scanned(tmp_path / name) for name in names)]
+    scores = verify_pairs(files, np.array([0, 0, 0]), np.array([1, 2, 3]))
     assert (scores[:2] >= GEOMETRY_THRESHOLD).all(), scores
     assert scores[2] < GEOMETRY_THRESHOLD  # a mirror image is not a similarity transform
 

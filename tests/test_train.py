@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from fracture_curate.dataset_files import ScannedFile, content_id, scanned_files
 from fracture_curate.manifest import read_manifest, read_provenance, write_manifest
 from fracture_curate.model_input import Preprocessing
 from fracture_curate.scan import scan_dataset
@@ -166,14 +167,18 @@ def test_training_learns_and_writes_the_run_folder(trained):
 
 
 @pytest.mark.slow
-def test_a_reloaded_checkpoint_predicts_identically(trained):
+def test_a_reloaded_checkpoint_predicts_identically(trained, easy):
     model, run_config = load_model(trained.out)
     saved = pd.read_parquet(trained.out / "predictions.parquet")
     test = saved[saved["split"] == "test"]
-    manifest = Path(trained.metrics["manifest"])
+    manifest = easy
+    assert trained.metrics["manifest"] == easy.name  # no machine's folders in metrics.json
     root = Path(read_provenance(manifest)["params"]["root"])
     size = run_config.preprocessing.image_size
-    store = ImageStore([root / p for p in test["path"]], test["image_id"].tolist(), size, "none")
+    scanned = read_manifest(manifest).set_index("path").loc[test["path"], "bytes"].reset_index()
+    store = ImageStore(
+        scanned_files(test.assign(bytes=scanned["bytes"].to_numpy()), root), size, "none"
+    )
     targets = (test["label"] == "fractured").astype(int).to_numpy()
     preprocessing = run_config.preprocessing
     model = model.eval()
@@ -228,24 +233,22 @@ def test_resume_continues_from_the_last_epoch(easy, tmp_path):
 
 def test_image_caches_agree_and_the_disk_cache_is_reused(easy, tmp_path):
     rows = load_training_rows(easy)
-    paths = [rows.root / p for p in rows.frame["path"][:6]]
-    ids = rows.frame["image_id"][:6].tolist()
-    stores = {
-        mode: ImageStore(paths, ids, 40, mode, tmp_path) for mode in ("none", "memory", "disk")
-    }
+    files = scanned_files(rows.frame[:6], rows.root)
+    stores = {mode: ImageStore(files, 40, mode, tmp_path) for mode in ("none", "memory", "disk")}
     assert stores["memory"].fill(workers=0) == 6
     assert stores["disk"].fill(workers=0) == 6
-    assert ImageStore(paths, ids, 40, "disk", tmp_path).fill(workers=0) == 0  # reused
+    assert ImageStore(files, 40, "disk", tmp_path).fill(workers=0) == 0  # reused
     assert len(list((tmp_path / "40px").glob("*.npy"))) == 6
     for position in range(6):
         expected = stores["none"][position]
         assert expected.shape == (40, 40, 3) and expected.dtype == np.uint8
         np.testing.assert_array_equal(stores["memory"][position], expected)
         np.testing.assert_array_equal(stores["disk"][position], expected)
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
-    with pytest.raises(DataError, match=r"could not be decoded, e\.g\. .*broken\.png"):
-        ImageStore([broken], ["x"], 40, "memory").fill(workers=0)
+    broken = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    (tmp_path / "broken.png").write_bytes(broken)
+    file = ScannedFile(tmp_path, "broken.png", content_id(broken), len(broken))
+    with pytest.raises(DataError, match=r"could not be decoded, e\.g\. broken\.png"):
+        ImageStore([file], 40, "memory").fill(workers=0)
 
 
 @pytest.fixture

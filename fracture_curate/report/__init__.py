@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fracture_curate.dataset_files import shown_path
 from fracture_curate.manifest import atomic_path
 from fracture_curate.report import curation
 from fracture_curate.report.html import badge, page, text
@@ -41,14 +42,16 @@ def build_report(
     run: Path | None = None,
     max_clusters: int = 30,
     max_outliers: int = 24,
+    show_paths: bool = False,
 ) -> Path:
     """Write the curation report (and ``run``'s results) to ``out`` as one self-contained HTML.
 
     ``scan.parquet`` is required (:class:`~fracture_curate.manifest.ManifestError` otherwise);
     the later manifests are used when present. At most ``max_clusters`` duplicate clusters and
-    ``max_outliers`` outliers are shown as thumbnails.
+    ``max_outliers`` outliers are shown as thumbnails. Folders outside the dataset (the root,
+    the run, the manifests) appear by their last part only, unless ``show_paths``.
     """
-    inputs = read_inputs(Path(manifests))
+    inputs = read_inputs(Path(manifests), show_paths=show_paths)
     thumbnails = Thumbnails(inputs.root, THUMB_SIZE)
     bodies = {
         "summary": curation.summary_section(inputs, Path(manifests)),
@@ -59,7 +62,7 @@ def build_report(
         "outliers": curation.outliers_section(inputs, thumbnails, max_outliers),
         "embedding-map": curation.map_section(inputs),
         "split": curation.split_section(inputs),
-        "training": training_section(run),
+        "training": training_section(run, show_paths=show_paths),
         "planted": curation.planted_section(inputs),
     }
     warning = (
@@ -68,7 +71,8 @@ def build_report(
         if thumbnails.failed
         else ""
     )
-    document = page(SECTIONS, bodies, root=text(inputs.root), warning=warning)
+    root = shown_path(inputs.root, show_paths) if inputs.root is not None else text(None)
+    document = page(SECTIONS, bodies, root=root, warning=warning)
     out = Path(out)
     with atomic_path(out) as temp:
         temp.write_text(document, encoding="utf-8")

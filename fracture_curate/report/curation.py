@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from fracture_curate.classes import positive_class
 from fracture_curate.dedupe import leakage, summarise_dedupe
+from fracture_curate.figures import plain_text
 from fracture_curate.manifest import manifest_path
 from fracture_curate.report.html import (
     badge,
@@ -53,12 +54,20 @@ def summary_section(inputs: ReportInputs, manifests: Path) -> str:
     stages = []
     for stage in STAGES:
         found = inputs.provenance.get(stage)
+        path = manifest_path(manifests, stage)
+        if found:
+            state = "read"
+        elif path.exists():
+            state = f"not used: {inputs.problems[stage]}"
+        else:
+            state = "missing"
         stages.append(
             {
                 "stage": stage,
-                "file": manifest_path(manifests, stage).name,
-                "written": found.get("created") if found else "missing",
+                "file": path.name,
+                "written": found.get("created") if found else None,
                 "tool version": found.get("tool_version") if found else None,
+                "in this report": state,
             }
         )
     return (
@@ -167,7 +176,7 @@ def outliers_section(inputs: ReportInputs, thumbnails: Thumbnails, max_outliers:
     for row in ranked.head(max_outliers).to_dict("records"):
         mark = badge("flagged", "warn") if row["_flagged"] else ""
         lines = [f"{mark} score {row['outlier_score']:.3f}", label_line(row)]
-        figures.append(figure(thumbnails(row["path"]), row["path"], lines))
+        figures.append(figure(thumbnails(row), row["path"], lines))
     params = inputs.provenance.get("outliers", {}).get("params", {})
     settings = f"per class: {params.get('per_class')}, contamination: {params.get('contamination')}"
     return (
@@ -181,6 +190,7 @@ def outliers_section(inputs: ReportInputs, thumbnails: Thumbnails, max_outliers:
     )
 
 
+@plain_text
 def map_section(inputs: ReportInputs) -> str:
     """The embeddings' first two principal components, coloured by label."""
     from sklearn.decomposition import PCA  # slow to import: only when a map is drawn
@@ -275,7 +285,7 @@ def planted_section(inputs: ReportInputs) -> str:
         extra.append(f"{int((mixed > 1).sum())} duplicate clusters joining unrelated originals")
     unplanted = note("Found without being planted: " + "; ".join(extra) + ".") if extra else ""
     return (
-        note(f"From {path}: what was planted in the generated set, and what the pipeline found.")
+        note(f"From {PLANTED_CSV}: what was planted in the generated set, and what was found.")
         + table(found)
         + unplanted
     )
@@ -299,7 +309,7 @@ def cluster_strips(rows: pd.DataFrame, thumbnails: Thumbnails, limit: int) -> st
             match = f"{row['match_kind']} {row['similarity']:.3f}"
             size = f"{row['width']}&times;{row['height']} {escape(row['format'])}"
             lines = [f"{kept} {escape(match)}", label_line(row), size]
-            figures.append(figure(thumbnails(row["path"]), row["path"], lines))
+            figures.append(figure(thumbnails(row), row["path"], lines))
         blocks.append(
             f'<div class="cluster"><h3>Cluster {int(cluster)} &middot; {len(members)} files '
             f"{marks}</h3>"

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from fracture_curate.dataset_files import ScannedFile, shown_path
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8
 from fracture_curate.manifest import ManifestError, manifest_path, read_stage, recorded_root
 from fracture_curate.report.html import data_uri, note
@@ -39,19 +40,22 @@ class ReportInputs:
         return note(f"Not available: {why}. Run `curate {stage}` to fill this section.")
 
 
-def read_inputs(manifests: Path) -> ReportInputs:
-    """Scan (required) and every later manifest that can be read."""
+def read_inputs(manifests: Path, *, show_paths: bool = False) -> ReportInputs:
+    """Scan (required) and every later manifest that can be read; why the others cannot, with
+    the manifests folder named by its last part unless ``show_paths``."""
     frame, scan_provenance = read_stage(manifests, "scan")
     provenance, problems, tables = {"scan": scan_provenance}, {}, {"scan": frame}
+    folder = shown_path(manifests, show_paths)
     for stage in STAGES[1:]:
         path = manifest_path(manifests, stage)
         if not path.exists():
-            problems[stage] = f"no {path.name} in {manifests}"
+            problems[stage] = f"no {path.name} in {folder}"
             continue
         try:
             tables[stage], provenance[stage] = read_stage(manifests, stage)
         except ManifestError as error:
-            problems[stage] = str(error)
+            message = str(error).replace(str(Path(manifests).resolve()), folder)
+            problems[stage] = message.replace(str(manifests), folder)
     embeddings = tables.pop("embed", None)
     latest = list(tables)[-1]
     return ReportInputs(
@@ -66,7 +70,7 @@ def read_inputs(manifests: Path) -> ReportInputs:
 
 class Thumbnails:
     """Thumbnails of dataset files as JPEG data URIs, each made once; a placeholder when a file
-    can no longer be read."""
+    can no longer be read or is no longer the one scanned (nothing else is ever shown)."""
 
     def __init__(self, root: Path | None, size: int) -> None:
         self.root, self.size = root, size
@@ -74,18 +78,20 @@ class Thumbnails:
         self.failed: set[str] = set()
         self._placeholder: str | None = None
 
-    def __call__(self, path: str) -> str:
-        if path not in self.cache:
-            self.cache[path] = self._make(path)
-        return self.cache[path]
+    def __call__(self, row: dict[str, Any]) -> str:
+        """The thumbnail of a manifest row (its ``path``, ``image_id`` and ``bytes``)."""
+        if row["path"] not in self.cache:
+            self.cache[row["path"]] = self._make(row)
+        return self.cache[row["path"]]
 
-    def _make(self, path: str) -> str:
+    def _make(self, row: dict[str, Any]) -> str:
         if self.root is None:
-            return self.placeholder(path)
+            return self.placeholder(row["path"])
+        file = ScannedFile(self.root, row["path"], row["image_id"], int(row["bytes"]))
         try:
-            loaded = load_image(self.root / path, draft_size=(self.size, self.size))
-        except (ImageLoadError, OSError):
-            return self.placeholder(path)
+            loaded = load_image(file.read(), draft_size=(self.size, self.size))
+        except ImageLoadError:
+            return self.placeholder(row["path"])
         image = Image.fromarray(to_rgb8(loaded.pixels))
         image.thumbnail((self.size, self.size))
         buffer = io.BytesIO()

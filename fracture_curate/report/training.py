@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from fracture_curate.dataset_files import shown_path
 from fracture_curate.report.html import json_tables, note, png_figure, table
 from fracture_curate.schema import HISTORY_FILE, METRICS_FILE
 
 
-def training_section(run: Path | None) -> str:
-    """A run folder's PNG figures, its metrics as tables and its per-epoch history."""
+def training_section(run: Path | None, *, show_paths: bool = False) -> str:
+    """A run folder's PNG figures, its metrics as tables and its per-epoch history; absolute
+    paths in the metrics shown by their last part unless ``show_paths``."""
     if run is None:
         return note("No run folder given (`curate report --run RUN_DIR`).")
     run = Path(run)
     if not run.is_dir():
         return note(f"Run folder {run} does not exist.")
-    parts = [note(f"Run folder: {run}")]
+    parts = [note(f"Run folder: {shown_path(run, show_paths)}")]
     figures = [png_figure(png.read_bytes(), png.name) for png in sorted(run.glob("*.png"))]
     parts.append("".join(figures) or note("No PNG figures in the run folder."))
     metrics = run / METRICS_FILE
     if metrics.is_file():
         try:
-            parts.append("<h3>Metrics</h3>" + json_tables(json.loads(metrics.read_text()), []))
+            found = json.loads(metrics.read_text())
+            shown = found if show_paths else _without_folders(found)
+            parts.append("<h3>Metrics</h3>" + json_tables(shown, []))
         except json.JSONDecodeError as error:
             parts.append(note(f"{METRICS_FILE} cannot be read: {error}"))
     else:
@@ -35,3 +41,14 @@ def training_section(run: Path | None) -> str:
     else:
         parts.append(note(f"No {HISTORY_FILE} in the run folder."))
     return "".join(parts)
+
+
+def _without_folders(value: Any) -> Any:
+    """``value`` with every absolute path in it cut to its last part."""
+    if isinstance(value, dict):
+        return {key: _without_folders(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_folders(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
