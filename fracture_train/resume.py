@@ -1,9 +1,9 @@
-"""Resuming a run: the loop's state saved with every epoch, what must match for a run to go on,
-and restoring the model, optimizer and schedule after the last finished epoch."""
+"""Resuming a run: what must match for a run to go on, and restoring the model, optimizer,
+schedule and loop state after the last finished epoch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,7 @@ from fracture_train.checkpoint import (
 )
 from fracture_train.config import RESUMABLE, TrainConfig
 from fracture_train.engine import Schedule
-
-
-@dataclass
-class LoopState:
-    """Where the epoch loop stands; saved with every epoch for ``resume``."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_value: float | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
+from fracture_train.selection import LoopState
 
 
 def check_run_folder(out: Path, resume: bool) -> None:

@@ -7,7 +7,6 @@ checkpoint by the validation metric; ``resume`` continues after the last finishe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -54,11 +53,12 @@ from fracture_train.engine import (
     train_epoch,
 )
 from fracture_train.evaluate import predict_splits, write_evaluation
-from fracture_train.metrics import classification_metrics, threshold_for_sensitivity
+from fracture_train.metrics import classification_metrics
 from fracture_train.models import build_model, freeze, num_outputs
 from fracture_train.plots import plot_history
-from fracture_train.resume import LoopState, check_resume, check_run_folder, restore
+from fracture_train.resume import check_resume, check_run_folder, restore
 from fracture_train.rows import Rows, load_training_rows
+from fracture_train.selection import LoopState, validation_threshold
 
 CURVES_FILE = "curves.png"
 
@@ -166,15 +166,10 @@ def _train(
         if loop.stopped_early:
             break
         row = _epoch(fit, epoch, config, rows, on_progress)
-        row["best"] = _improves(row[f"val_{config.select_metric}"], loop, config.select_metric)
+        value = row[f"val_{config.select_metric}"]
+        row["best"] = loop.record(epoch, value, config.select_metric, config.patience)
         if row["best"]:
-            loop.best_epoch, loop.best_value = epoch, row[f"val_{config.select_metric}"]
-            loop.bad_epochs = 0
             save_weights(fit.model, weights_path(out, BEST), epoch=epoch)
-        else:
-            loop.bad_epochs += 1
-        loop.epoch = epoch
-        loop.stopped_early = bool(config.patience) and loop.bad_epochs >= config.patience
         history.append(row)
         _save_epoch(out, fit, loop, history)
         if on_epoch is not None:
@@ -319,14 +314,7 @@ def _evaluate_best(
         workers=fit.val_loader.num_workers,
         phase=Phase(on_progress, "final evaluation", total),
     )
-    threshold = None
-    if rows.positive_index is not None:
-        val = results[0]
-        threshold = threshold_for_sensitivity(
-            (val.targets == rows.positive_index).astype(int),
-            val.probs[:, rows.positive_index],
-            config.target_sensitivity,
-        )
+    threshold = validation_threshold(results, rows.positive_index, config.target_sensitivity)
     selection = {
         "metric": config.select_metric,
         "best_epoch": loop.best_epoch,
@@ -353,17 +341,6 @@ def _evaluate_best(
         header=header,
         provenance={"run": header["run"], "manifest": header["manifest"], "checkpoint": BEST},
     )
-
-
-def _improves(value: float, loop: LoopState, metric: str) -> bool:
-    """Whether ``value`` beats the best so far (lower loss, higher anything else); NaN never
-    does, except that the first epoch is always a best."""
-    best = loop.best_value
-    if value is None or math.isnan(value):
-        return best is None
-    if best is None or math.isnan(best):
-        return True
-    return value < best if metric == "loss" else value > best
 
 
 def _log_setup(

@@ -34,6 +34,7 @@ from fracture_train.config import TrainConfig
 from fracture_train.data import ImageDataset, ImageStore, make_loader
 from fracture_train.engine import Placement, predict
 from fracture_train.evaluate import evaluate_run
+from fracture_train.metrics import threshold_for_sensitivity
 from fracture_train.rows import DataError, class_order, load_training_rows
 from fracture_train.trainer import train_run
 
@@ -430,3 +431,55 @@ def test_a_run_config_round_trips_and_garbage_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(written))
     with pytest.raises(CheckpointError, match="lacks or garbles a field"):
         read_run_config(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_decision_threshold_is_chosen_on_val_predictions_never_test(trained):
+    predictions = pd.read_parquet(trained.out / "predictions.parquet")
+
+    def chosen(split: str) -> float:
+        rows = predictions[predictions["split"] == split]
+        positives = (rows["label"] == "fractured").astype(int).to_numpy()
+        return threshold_for_sensitivity(positives, rows["prob_fractured"].to_numpy(), 0.95)
+
+    assert chosen("val") != chosen("test")  # else this test could not tell them apart
+    assert trained.metrics["val_threshold"] == chosen("val")
+    assert json.loads((trained.out / "config.json").read_text())["val_threshold"] == chosen("val")
+    assert trained.metrics["val"]["at_val_threshold"]["sensitivity"] >= 0.95
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_after_patience_epochs_without_improvement(easy, tmp_path):
+    # lr 0: the model never changes, so no epoch after the first improves the val loss
+    result = train_run(config(easy, tmp_path / "run", epochs=6, patience=2, lr=0.0))
+    assert result.history["epoch"].tolist() == [1, 2, 3]
+    selection = result.metrics["selection"]
+    assert selection["stopped_early"] and selection["epochs_run"] == 3
+    assert selection["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_higher_target_sensitivity_chooses_a_lower_threshold(easy, tmp_path):
+    thresholds = {}
+    for target in (0.5, 1.0):
+        run = train_run(
+            config(easy, tmp_path / f"run{target}", epochs=3, target_sensitivity=target)
+        )
+        thresholds[target] = run.metrics["val_threshold"]
+        assert run.metrics["val"]["at_val_threshold"]["sensitivity"] >= target
+    assert thresholds[1.0] < thresholds[0.5]
+
+
+@pytest.mark.slow
+def test_evaluate_one_split_of_a_manifest(trained, easy, tmp_path):
+    result = evaluate_run(trained.out, easy, split="test", out=tmp_path / "eval", workers=0)
+    test_rows = int((read_manifest(easy)["split"] == "test").sum())
+    assert result.metrics["test"]["n"] == test_rows
+    assert set(pd.read_parquet(tmp_path / "eval" / "predictions.parquet")["split"]) == {"test"}
+    command = ["evaluate", "--checkpoint", str(trained.out), "--manifest", str(easy)]
+    command += ["--split", "val", "--out", str(tmp_path / "cli"), "--workers", "0"]
+    cli = runner.invoke(app, command)
+    assert cli.exit_code == 0, cli.output
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["val"]["n"] == int(
+        (read_manifest(easy)["split"] == "val").sum()
+    )
