@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
     precision_recall_fscore_support,
@@ -37,15 +36,13 @@ def predict_labels(
 def expected_calibration_error(
     probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS
 ) -> float:
-    """Top-label ECE over ``n_bins`` equal-width confidence bins ``(i/n, (i+1)/n]``.
+    """Top-label ECE over ``n_bins`` equal-width confidence bins ``((i-1)/n, i/n]``.
 
     The sum over bins of (share of samples in the bin) x |accuracy - mean confidence|.
     """
-    if len(targets) == 0:
-        return math.nan
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == targets
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = np.ceil(confidence * n_bins)  # bin i holds the confidences in ((i-1)/n, i/n]
     ece = 0.0
     for index in np.unique(bins):
         members = bins == index
@@ -53,22 +50,23 @@ def expected_calibration_error(
     return float(ece)
 
 
-def threshold_for_sensitivity(targets: np.ndarray, scores: np.ndarray, target: float) -> float:
+def threshold_for_sensitivity(positives: np.ndarray, scores: np.ndarray, target: float) -> float:
     """The highest threshold whose sensitivity (score >= threshold among positives) >= ``target``.
 
-    ``targets`` are 1 for positives and 0 otherwise. NaN when there are no positives.
+    ``positives`` is true (or 1) for the positive samples. NaN when there are none.
     """
-    positives = np.sort(scores[targets == 1])[::-1]
+    positives = np.sort(scores[np.asarray(positives, dtype=bool)])[::-1]
     if len(positives) == 0:
         return math.nan
     needed = max(1, math.ceil(target * len(positives) - 1e-9))
     return float(positives[needed - 1])
 
 
-def rates_at(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Sensitivity, specificity and the four counts when ``score >= threshold`` is positive."""
+def rates_at(positives: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity and the four counts when ``score >= threshold`` is positive;
+    ``positives`` is true (or 1) for the positive samples."""
     predicted = scores >= threshold
-    actual = targets == 1
+    actual = np.asarray(positives, dtype=bool)
     tp, fn = int((predicted & actual).sum()), int((~predicted & actual).sum())
     tn, fp = int((~predicted & ~actual).sum()), int((predicted & ~actual).sum())
     return {
@@ -106,7 +104,7 @@ def classification_metrics(
     threshold: float = DEFAULT_THRESHOLD,
     extra_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Every metric of an evaluation, JSON-ready.
+    """Every metric of an evaluation (of at least one sample), JSON-ready.
 
     ``targets`` are class indices and ``probs`` an N x K matrix of class probabilities in the
     order of ``class_names``. ``positive`` names the positive class index of a binary task;
@@ -139,16 +137,16 @@ def classification_metrics(
             per_class[name]["auroc"] = areas["per_class"][index]
     metrics: dict[str, Any] = {
         "n": len(targets),
-        "accuracy": float(accuracy_score(targets, predicted)) if len(targets) else math.nan,
-        "balanced_accuracy": _balanced_accuracy(targets, predicted),
+        "accuracy": float(accuracy_score(targets, predicted)),
+        "balanced_accuracy": float(recall[support > 0].mean()),  # over the classes present
         "auroc": areas["auroc"],
-        "cohen_kappa": _kappa(targets, predicted, labels),
+        "cohen_kappa": _kappa(targets, predicted),
         "ece": expected_calibration_error(probs, targets),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
     }
     if positive is not None:
-        binary = (targets == positive).astype(int)
+        binary = targets == positive
         metrics["at_threshold"] = rates_at(binary, probs[:, positive], threshold)
         if extra_threshold is not None:
             metrics["at_val_threshold"] = rates_at(binary, probs[:, positive], extra_threshold)
@@ -161,18 +159,11 @@ def _binary_auroc(actual: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(actual, scores))
 
 
-def _balanced_accuracy(targets: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean recall over the classes present in ``targets`` (scikit-learn's definition)."""
-    if len(targets) == 0:
-        return math.nan
-    return float(balanced_accuracy_score(targets, predicted))
-
-
-def _kappa(targets: np.ndarray, predicted: np.ndarray, labels: list[int]) -> float:
+def _kappa(targets: np.ndarray, predicted: np.ndarray) -> float:
     """Cohen's kappa; NaN when it is undefined (both raters constant and agreeing)."""
-    if len(targets) == 0 or (len(np.unique(targets)) == 1 and (predicted == targets).all()):
+    if len(np.unique(targets)) == 1 and (predicted == targets).all():
         return math.nan
-    return float(cohen_kappa_score(targets, predicted, labels=labels))
+    return float(cohen_kappa_score(targets, predicted))
 
 
 def _ratio(numerator: int, denominator: int) -> float:

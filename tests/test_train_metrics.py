@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -153,3 +154,76 @@ def test_predict_labels():
     assert predict_labels(probs, positive=0, threshold=0.45).tolist() == [0, 1, 0]
     three = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
     assert predict_labels(three).tolist() == [1, 0]
+
+
+def test_classes_absent_from_a_split_keep_their_row_and_column():
+    targets = np.array([0, 0, 1, 1])
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]])
+    metrics = classification_metrics(targets, probs, CLASSES)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    absent = metrics["per_class"]["transverse"]
+    assert absent["support"] == 0 and absent["precision"] == 0.0  # never predicted: 0, not 1
+    assert math.isnan(absent["sensitivity"]) and absent["specificity"] == 1.0
+    assert math.isnan(absent["auroc"])
+    assert metrics["n"] == 4 and metrics["ece"] == pytest.approx(
+        expected_calibration_error(probs, targets)
+    )
+    assert metrics["cohen_kappa"] == pytest.approx(sk.cohen_kappa_score(targets, [0, 1, 1, 1]))
+
+
+def test_one_sample_and_constant_raters():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each value is defined (or NaN): nothing to warn about
+        one = classification_metrics(
+            np.array([1]), np.array([[0.2, 0.8]]), ["no", "yes"], positive=1
+        )
+        wrong = classification_metrics(
+            np.zeros(4, int), np.tile([0.1, 0.9], (4, 1)), ["no", "yes"], positive=1
+        )
+    assert one["balanced_accuracy"] == 1.0 and one["accuracy"] == 1.0
+    assert math.isnan(one["cohen_kappa"])  # one rater constant and agreeing: undefined
+    assert wrong["balanced_accuracy"] == 0.0
+    assert wrong["cohen_kappa"] == 0.0  # constant but always wrong: defined, and no agreement
+    assert math.isnan(wrong["auroc"])  # a single outcome has no ROC curve
+
+
+def test_rates_at_a_threshold_count_each_cell():
+    positives = np.array([True, True, True, False, False])
+    scores = np.array([0.9, 0.5, 0.2, 0.6, 0.1])
+    assert rates_at(positives, scores, 0.5) == {
+        "threshold": 0.5,
+        "sensitivity": pytest.approx(2 / 3),
+        "specificity": 0.5,
+        "tp": 2,
+        "fn": 1,
+        "tn": 1,
+        "fp": 1,
+    }
+    none = rates_at(np.zeros(3, bool), np.array([0.1, 0.7, 0.9]), 0.5)
+    assert math.isnan(none["sensitivity"]) and none["specificity"] == pytest.approx(1 / 3)
+    ones = positives.astype(int)  # targets compared with a class index come as 1 and 0 too
+    assert rates_at(ones, scores, 0.5) == rates_at(positives, scores, 0.5)
+
+
+def test_perfect_agreement_is_a_kappa_of_one_and_a_class_never_predicted_warns_nothing():
+    targets = np.array([0, 1, 1, 0])
+    perfect = classification_metrics(targets, np.eye(2)[targets] * 0.8 + 0.1, ["no", "yes"])
+    assert perfect["cohen_kappa"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # precision of a class never predicted is 0, quietly
+        never = classification_metrics(targets, np.tile([0.9, 0.1], (4, 1)), ["no", "yes"])
+    assert never["per_class"]["yes"]["precision"] == 0.0
+
+
+def test_a_tiny_target_still_keeps_the_most_certain_positive():
+    targets, scores = np.array([1, 1, 0]), np.array([0.9, 0.3, 0.95])
+    assert threshold_for_sensitivity(targets, scores, 1e-12) == 0.9
+
+
+def test_the_auroc_of_a_binary_task_has_no_per_class_part_and_nan_means_none_defined():
+    targets, probs = np.array([0, 1, 1]), np.array([[0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    assert auroc(targets, probs, positive=1) == {"auroc": 1.0, "per_class": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of nothing
+        single = auroc(np.zeros(3, int), np.tile([0.7, 0.3], (3, 1)), positive=None)
+    assert math.isnan(single["auroc"]) and all(math.isnan(v) for v in single["per_class"].values())
