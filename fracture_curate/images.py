@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,16 +53,13 @@ class LoadedImage:
         return self.pixels.ndim == 2
 
 
-def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image lazily (header only) and check it is not a decompression bomb."""
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image from a file's bytes lazily (header only) and check it is not a
+    decompression bomb."""
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as error:
         raise ImageLoadError("not_image", "not a recognised image format") from error
-    except PermissionError as error:
-        raise ImageLoadError("unreadable", f"permission denied: {error.strerror}") from error
-    except OSError as error:
-        raise ImageLoadError("unreadable", f"cannot read file: {error}") from error
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -79,11 +75,11 @@ def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None) -> 
     ``draft_size`` lets JPEG decode at a reduced scale (at least that size), which is much faster
     when the caller resizes anyway.
     """
-    file_format, file_mode = image.format or "unknown", image.mode
-    n_frames = getattr(image, "n_frames", 1)
+    file_format, file_mode = image.format, image.mode
+    n_frames = getattr(image, "n_frames", 1)  # only formats that can hold several have it
     try:
-        if draft_size is not None and file_format == "JPEG":
-            image.draft(image.mode if image.mode in ("L", "RGB") else None, draft_size)
+        if draft_size is not None:
+            image.draft(None, draft_size)  # JPEG only; other formats ignore it
         image.load()
         image = ImageOps.exif_transpose(image)
         pixels = _canonical_pixels(image)
@@ -97,13 +93,13 @@ def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None) -> 
 
 
 def load_image(
-    source: str | Path | bytes,
+    data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> LoadedImage:
-    """Open and decode an image file (or its bytes) in one step."""
-    with open_image(source, max_pixels=max_pixels) as image:
+    """Open and decode an image from a file's bytes in one step."""
+    with open_image(data, max_pixels=max_pixels) as image:
         return decode(image, draft_size=draft_size)
 
 
@@ -133,14 +129,13 @@ def _canonical_pixels(image: Image.Image) -> np.ndarray:
     L or as RGB has the same canonical array. Alpha is dropped.
     """
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode == "I" or mode.startswith("I;16"):
         array = np.asarray(image)
         if array.dtype != np.uint16:
             array = np.clip(array, 0, 65535).astype(np.uint16)
         return array
     if mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        return np.clip(array, 0, 255).round().astype(np.uint8)
+        return np.clip(np.asarray(image), 0, 255).round().astype(np.uint8)
     if mode in ("1", "L", "LA"):
         return np.asarray(image.convert("L"))
     if mode == "P":

@@ -9,7 +9,6 @@ loading it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,15 +37,16 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def preprocess(source: str | Path | bytes, image_size: int, resize: str) -> np.ndarray:
-    """Load through the shared loader and resize to ``image_size``: an H x W x 3 uint8 array.
+def preprocess(data: bytes, image_size: int, resize: str) -> np.ndarray:
+    """Decode a file's bytes through the shared loader and resize them to ``image_size``: an
+    H x W x 3 uint8 array.
 
     ``stretch`` resizes the whole image (nothing is cut off a radiograph); ``crop`` resizes the
     short side to ``image_size * 256 / 224`` and centre-crops, as ImageNet evaluation does.
     """
     side = image_size if resize == "stretch" else round(image_size * 256 / 224)
     # Resize in the image's own channels (one for a radiograph), then make three.
-    image = Image.fromarray(to_uint8(load_image(source, draft_size=(side, side)).pixels))
+    image = Image.fromarray(to_uint8(load_image(data, draft_size=(side, side)).pixels))
     if resize == "stretch":
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     else:
