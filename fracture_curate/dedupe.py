@@ -73,9 +73,8 @@ class Pairs:
 
     @classmethod
     def concat(cls, parts: list[Pairs]) -> Pairs:
-        if not parts:
-            empty = np.empty(0, dtype=np.int64)
-            return cls(empty, empty, empty, np.empty(0, dtype=np.float64))
+        """The pairs of every part, in order (``parts`` is never empty: the exact layers always
+        give one, if empty, part each)."""
         return cls(
             *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
         )
@@ -157,13 +156,12 @@ def keep_order(frame: pd.DataFrame) -> pd.Series:
     """Rank for choosing the kept copy: largest resolution, lossless over lossy, then path."""
     ranked = pd.DataFrame(
         {
-            "pixels": -(frame["width"].astype("float64") * frame["height"].astype("float64")),
+            "pixels": -(frame["width"] * frame["height"]),
             "lossy": ~frame["format"].isin(LOSSLESS_FORMATS),
-            "path": frame["path"],
-        },
-        index=frame.index,
+            "path": frame["path"],  # unique: no two rows tie
+        }
     )
-    order = ranked.sort_values(["pixels", "lossy", "path"], kind="stable").index
+    order = ranked.sort_values(["pixels", "lossy", "path"]).index
     return pd.Series(np.arange(len(order)), index=order).reindex(frame.index)
 
 
@@ -199,11 +197,8 @@ def deduplicate(
             "kind": np.tile(pairs.kind, 2),
             "similarity": np.tile(pairs.similarity, 2),
         }
-    ).sort_values(["row", "kind", "similarity"], ascending=[True, True, False])
-    best = edges.drop_duplicates("row").set_index("row")
-
-    labels = ok["label"].astype("object")
-    conflict = labels.groupby(components).transform(lambda values: values.dropna().nunique() > 1)
+    ).sort_values(["kind", "similarity"], ascending=[True, False])
+    best = edges.drop_duplicates("row").set_index("row")  # rows of a cluster of one have none
 
     columns = pd.DataFrame(
         {
@@ -211,13 +206,12 @@ def deduplicate(
             "cluster_size": sizes[components],
             "is_kept": is_kept,
             "duplicate_of": np.where(is_kept, None, ok["image_id"].to_numpy()[kept_row]),
-            "match_kind": [MATCH_KINDS[k] for k in best["kind"].reindex(range(n), fill_value=0)],
-            "similarity": best["similarity"].reindex(range(n)).to_numpy(),
-            "label_conflict": conflict.to_numpy(dtype=bool),
-        }
+            "match_kind": best["kind"].map(dict(enumerate(MATCH_KINDS))),
+            "similarity": best["similarity"],
+            "label_conflict": ok["label"].groupby(components).transform("nunique") > 1,
+        },
+        index=ok.index,  # rows without a match get nulls
     )
-    singleton = sizes[components] == 1
-    columns.loc[singleton, ["match_kind", "similarity"]] = None
     positions = scan.index[scan["status"] == "ok"]
     for column, dtype in DEDUPE_COLUMNS.items():
         result.loc[positions, column] = columns[column].astype(dtype).to_numpy()
@@ -226,7 +220,7 @@ def deduplicate(
 
 def leakage(frame: pd.DataFrame) -> pd.DataFrame:
     """Duplicate clusters whose members sit in more than one source split, largest first."""
-    members = frame[frame["cluster_size"].fillna(1) > 1].dropna(subset=["source_split"])
+    members = frame[frame["cluster_size"] > 1].dropna(subset=["source_split"])  # null: not
     groups = members.groupby("cluster_id")
     spread = pd.DataFrame(
         {
@@ -242,15 +236,15 @@ def leakage(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Counts for the end-of-stage summary, and copies not kept by the layer that matched them."""
     clustered = frame[frame["cluster_size"] > 1]
-    copies = clustered[~clustered["is_kept"].astype(bool)]
-    conflicts = frame[frame["label_conflict"].fillna(False).astype(bool)]
+    copies = clustered[~clustered["is_kept"]]
+    conflicts = frame[frame["label_conflict"]]
     counts = pd.Series(
         {
             "images": int((frame["status"] == "ok").sum()),
             "duplicate clusters": clustered["cluster_id"].nunique(),
             "copies not kept": len(copies),
             "label-conflict clusters": conflicts["cluster_id"].nunique(),
-            "kept": int(frame["is_kept"].fillna(False).astype(bool).sum()),
+            "kept": int(frame["is_kept"].sum()),
         }
     )
     by_match = copies["match_kind"].value_counts().reindex(MATCH_KINDS, fill_value=0)

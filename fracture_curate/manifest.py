@@ -135,16 +135,11 @@ def write_manifest(
 
 
 def _dictionary_columns(table: pa.Table) -> list[str]:
-    """Columns worth dictionary-encoding: all but floating-point ones (embeddings above all),
-    whose values rarely repeat, so trying a dictionary only slows the write (4x for vectors)."""
-    return [field.name for field in table.schema if not _is_floating(field.type)]
-
-
-def _is_floating(kind: pa.DataType) -> bool:
-    """Floats, or lists of them."""
-    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
-        return _is_floating(kind.value_type)
-    return pa.types.is_floating(kind)
+    """Columns worth dictionary-encoding: all but floating-point ones, whose values rarely
+    repeat, so trying a dictionary only slows the write (4x for vectors). A list column such as
+    the embeddings is named by its leaf path (``embedding.list.element``), so naming its top
+    level here leaves it plain too."""
+    return [field.name for field in table.schema if not pa.types.is_floating(field.type)]
 
 
 def write_stage(
@@ -215,7 +210,7 @@ def check_columns(path: str | Path, stage: str, columns: list[str] | None = None
     type that fits its dtype."""
     expected = EMBEDDING_COLUMNS if stage == "embed" else table_columns(stage)
     if columns is not None:
-        expected = {name: expected.get(name, "object") for name in columns}
+        expected = {name: expected.get(name) for name in columns}  # not in the schema: any type
     stored = pq.read_schema(path)
     missing = [name for name in expected if name not in stored.names]
     if missing:

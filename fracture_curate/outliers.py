@@ -64,14 +64,9 @@ def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.nda
     from the crowd that makes an outlier.
     """
     # scikit-learn costs most of a second to import: only commands that score pay for it.
-    from sklearn.decomposition import PCA
     from sklearn.ensemble import IsolationForest
 
-    unit = unit_rows(vectors)
-    components = config.components if config.components < 1 else int(config.components)
-    if isinstance(components, int):
-        components = min(components, *unit.shape)
-    reduced = PCA(n_components=components, random_state=config.seed).fit_transform(unit)
+    reduced = principal_components(unit_rows(vectors), config.components, config.seed)
     robust = config.contamination == "robust"
     forest = IsolationForest(
         n_estimators=config.n_estimators,
@@ -80,6 +75,16 @@ def isolation_scores(vectors: np.ndarray, config: OutlierConfig) -> tuple[np.nda
     ).fit(reduced)
     scores = -forest.score_samples(reduced)
     return scores, robust_flags(scores) if robust else forest.predict(reduced) == -1
+
+
+def principal_components(vectors: np.ndarray, components: float, seed: int) -> np.ndarray:
+    """``vectors`` projected on their first principal components: ``components`` of them (a
+    whole number, at most the rows or columns there are), or as many as explain that share of
+    the variance (a fraction below 1)."""
+    from sklearn.decomposition import PCA
+
+    count = components if components < 1 else min(int(components), *vectors.shape)
+    return PCA(n_components=count, random_state=seed).fit_transform(vectors)
 
 
 def robust_flags(scores: np.ndarray, z: float = ROBUST_Z) -> np.ndarray:

@@ -154,9 +154,9 @@ def empty_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     return result
 
 
-def column_type_problem(name: str, dtype: str, stored: pa.DataType) -> str | None:
+def column_type_problem(name: str, dtype: str | None, stored: pa.DataType) -> str | None:
     """Why a column stored with Parquet type ``stored`` cannot be the schema's ``dtype``, or
-    None when it can. A column of nulls fits any dtype."""
+    None when it can. A column of nulls fits any dtype, and any column fits ``None``."""
     if pa.types.is_null(stored):
         return None
     if pa.types.is_dictionary(stored):

@@ -57,17 +57,14 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
 
     def mark(mask: pd.Series, kind: pd.Series | str, detail: pd.Series | str) -> None:
         mask = mask.fillna(False).astype(bool) & reasons.isna()
-        reasons[mask] = kind[mask] if isinstance(kind, pd.Series) else kind
-        details[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
+        reasons[mask], details[mask] = kind, detail  # a Series is aligned on the index
 
     mark(frame["status"] != "ok", frame["status"], frame["reason"])
     mark(frame["label"].isna(), "no_label", "the layout or labels CSV gives this file no label")
     mark(frame["label_conflict"], "label_conflict", _conflict_details(frame))
     mark(~frame["is_kept"], "duplicate", "copy of " + _kept_paths(frame))
     if drop_outliers:
-        scores = frame["outlier_score"].map(
-            lambda score: f"outlier score {score:.3f}", na_action="ignore"
-        )
+        scores = frame["outlier_score"].map(lambda score: f"outlier score {score:.3f}")
         mark(frame["is_outlier"], "outlier", scores.astype("string"))
     return pd.DataFrame({"excluded_reason": reasons, "excluded_detail": details})
 
@@ -75,7 +72,7 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
 def _conflict_details(frame: pd.DataFrame) -> pd.Series:
     """For each row of a label-conflict cluster, the labels its cluster holds: "labels
     fractured, not fractured in one duplicate cluster"."""
-    conflicted = frame[frame["label_conflict"].fillna(False).astype(bool)]
+    conflicted = frame[frame["label_conflict"]]  # a null flag selects nothing
     labels = conflicted.groupby("cluster_id")["label"].agg(
         lambda found: ", ".join(sorted(found.dropna().unique()))
     )
@@ -86,7 +83,7 @@ def _conflict_details(frame: pd.DataFrame) -> pd.Series:
 
 def _kept_paths(frame: pd.DataFrame) -> pd.Series:
     """For each copy not kept, the path of the copy kept for its cluster."""
-    kept = frame[frame["is_kept"].fillna(False).astype(bool)].drop_duplicates("cluster_id")
+    kept = frame[frame["is_kept"]].drop_duplicates("cluster_id")
     return frame["cluster_id"].map(kept.set_index("cluster_id")["path"]).astype("string")
 
 
@@ -113,12 +110,14 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -
     for name, share in (("test", config.test / total), ("val", config.val / (total - config.test))):
         if share <= 0 or len(remaining) == 0:
             continue
-        n_splits = max(2, round(1 / share))
+        # 1 / share folds; capped, since an absurdly small share would ask for more folds than
+        # a float can count (and is refused below anyway: there are never that many groups)
+        n_splits = max(2, round(min(1 / share, len(remaining) + 1)))
         n_groups = len(np.unique(groups[remaining]))
         if n_groups < n_splits:
             raise SplitError(
                 f"only {n_groups} independent groups (patients or duplicate clusters) to split; "
-                f"a {share:.0%} {name} share needs at least {n_splits}"
+                f"a {share:.2g} {name} share needs at least {n_splits}"
             )
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
         with warnings.catch_warnings():  # classes smaller than n_splits are expected in small sets

@@ -7,9 +7,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from fracture_curate.dataset_files import ScannedFile, content_id
+from fracture_curate.embed import EmbedConfig, embeddings_table
+from fracture_curate.manifest import manifest_path, read_stage, write_manifest
+from fracture_curate.schema import table_columns
 
 
 def save_gray(path: Path, pixels: np.ndarray, **params: object) -> Path:
@@ -56,3 +60,50 @@ def processes_running(argument):
         if state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def curated_table(labels: list[str], stage: str = "outliers", **columns: object) -> pd.DataFrame:
+    """A row table of ``stage`` by hand, one kept, distinct, labelled file per label given:
+    every column of the schema, typed, with ``columns`` overriding (scalars or sequences)."""
+    n = len(labels)
+    values: dict[str, object] = {
+        "image_id": [f"{index:064x}" for index in range(n)],
+        "path": [f"{label}/{index:04d}.png" for index, label in enumerate(labels)],
+        "bytes": 1000,
+        "status": "ok",
+        "label": labels,
+        "width": 64,
+        "height": 64,
+        "format": "PNG",
+        "cluster_id": range(n),
+        "cluster_size": 1,
+        "is_kept": True,
+        "label_conflict": False,
+        "outlier_score": 0.5,
+        "is_outlier": False,
+    } | columns
+    frame = pd.DataFrame({"row": range(n)})
+    for name, dtype in table_columns(stage).items():
+        value = values.get(name)
+        frame[name] = list(value) if isinstance(value, range | list | tuple) else [value] * n
+        frame[name] = frame[name].astype(dtype)
+    return frame.drop(columns="row")
+
+
+def write_embeddings(manifests, scan: pd.DataFrame, failed: dict | None = None) -> None:
+    """An embeddings manifest made by hand from the scan in ``manifests``: random vectors for
+    the kept files, ``failed`` recorded as embed records the files it could not read."""
+    _, provenance = read_stage(manifests, "scan")
+    kept = scan[(scan["status"] == "ok") & ~scan["image_id"].isin(list(failed or {}))]
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"image_id": kept["image_id"], "embedding": list(rng.gamma(1.0, 1.0, (len(kept), 16)))}
+    )
+    write_manifest(
+        embeddings_table(frame, 16),
+        manifest_path(manifests, "embed"),
+        stage="embed",
+        params=EmbedConfig(weights="random").identity(),
+        inputs={"scan": provenance},
+        details={"failed": failed or {}},
+    )

@@ -1,0 +1,315 @@
+"""`curate dedupe` on small sets made here: each layer's threshold, which copy is kept, why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import noise_image, save_gray, write_embeddings
+from PIL import Image
+
+from fracture_curate.dedupe import (
+    DedupeConfig,
+    deduplicate,
+    leakage,
+    run_dedupe,
+    summarise_dedupe,
+)
+from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
+from fracture_curate.phash import phash_distance
+from fracture_curate.scan import run_scan, scan_dataset
+from fracture_curate.synthetic import draw_phantom
+
+_NO_MODELS = {"use_embeddings": False, "geometry": False}
+PHASH_ONLY = DedupeConfig(**_NO_MODELS)
+
+
+def phantom(seed: int, size: int = 160) -> Image.Image:
+    return draw_phantom(np.random.default_rng(seed), size, False)
+
+
+def scanned(root) -> pd.DataFrame:
+    return scan_dataset(root, workers=1).frame
+
+
+def embeddings_for(scan: pd.DataFrame, vectors: dict[str, np.ndarray]) -> pd.DataFrame:
+    """An embeddings table giving each file (by path) the vector in ``vectors``."""
+    ok = scan[scan["status"] == "ok"].set_index("path")
+    return pd.DataFrame(
+        {
+            "image_id": [ok.loc[path, "image_id"] for path in vectors],
+            "embedding": list(vectors.values()),
+        }
+    )
+
+
+def by_path(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index("path")
+
+
+def test_the_kept_copy_is_lossless_over_lossy_and_largest_over_both(tmp_path):
+    image = phantom(0)
+    image.save(tmp_path / "a.jpg", quality=95)  # first by path, but lossy
+    image.save(tmp_path / "b.png")
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert result.loc["a.jpg", "cluster_id"] == result.loc["b.png", "cluster_id"]
+    assert result.loc["b.png", "is_kept"] and not result.loc["a.jpg", "is_kept"]
+    assert result.loc["a.jpg", "duplicate_of"] == result.loc["b.png", "image_id"]
+    assert pd.isna(result.loc["b.png", "duplicate_of"])  # the kept copy is nobody's copy
+    image.resize((320, 320), Image.Resampling.LANCZOS).save(tmp_path / "c.jpg", quality=95)
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert result.loc["c.jpg", "is_kept"]  # more pixels win even over lossless
+    assert result["is_kept"].sum() == 1 and (result["cluster_size"] == 3).all()
+
+
+def test_the_strongest_layer_names_each_match(tmp_path):
+    image = phantom(1)
+    image.save(tmp_path / "a.png", compress_level=6)
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())  # same bytes
+    image.save(tmp_path / "c.png", compress_level=1)  # same pixels, other bytes
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "d.png")
+    save_gray(tmp_path / "e.png", np.asarray(phantom(2)))  # another picture
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert result.loc["b.png", "match_kind"] == "bytes"
+    assert result.loc["c.png", "match_kind"] == "pixels"
+    assert result.loc["d.png", "match_kind"] == "phash"
+    assert result.loc[["b.png", "c.png"], "similarity"].tolist() == [1.0, 1.0]
+    assert pd.isna(result.loc["e.png", "match_kind"]) and result.loc["e.png", "cluster_size"] == 1
+    summary = summarise_dedupe(result.reset_index())["counts"]["value"]
+    assert summary["duplicate clusters"] == 1 and summary["copies not kept"] == 3
+
+
+def test_the_phash_radius_decides_how_far_a_copy_may_be(tmp_path):
+    image = phantom(3)
+    image.save(tmp_path / "a.png")
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "b.png")  # 0 bits apart
+    brighter = np.clip(np.asarray(image, np.float32) * 1.15, 0, 255).astype(np.uint8)
+    save_gray(tmp_path / "c.png", brighter)  # 2 bits away
+    scan = scanned(tmp_path)
+    default = by_path(deduplicate(scan, None, PHASH_ONLY))
+    assert default["cluster_size"].eq(3).all()
+    bits = phash_distance(*scan.set_index("path").loc[["c.png", "a.png"], "phash"])
+    assert bits == 2 and default.loc["c.png", "similarity"] == 1 - bits / 256
+    assert default.loc["a.png", "similarity"] == 1.0  # its best match, the flipped copy
+    exact = by_path(deduplicate(scan, None, DedupeConfig(phash_radius=0, **_NO_MODELS)))
+    assert exact.loc["a.png", "cluster_id"] == exact.loc["b.png", "cluster_id"]
+    assert exact.loc["c.png", "cluster_size"] == 1
+    two = by_path(deduplicate(scan, None, DedupeConfig(phash_radius=2, **_NO_MODELS)))
+    assert two["cluster_size"].eq(3).all()
+
+
+def test_the_cosine_threshold_decides_which_embeddings_match(tmp_path):
+    for index in range(6):
+        save_gray(tmp_path / f"{index}.png", noise_image(index))
+    scan = scanned(tmp_path)
+    rng = np.random.default_rng(0)
+    vectors = {f"{index}.png": rng.gamma(0.5, 1.0, 64).astype(np.float32) for index in range(6)}
+    vectors["1.png"] = vectors["0.png"] + rng.normal(0, 0.15, 64).astype(np.float32)
+    embeddings = embeddings_for(scan, vectors)
+    centred = np.stack(list(vectors.values()))
+    centred -= centred.mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    cosine = float(centred[0] @ centred[1])
+    assert 0.8 < cosine < 0.99
+    below = DedupeConfig(cosine_threshold=cosine - 0.01, geometry=False)
+    matched = by_path(deduplicate(scan, embeddings, below))
+    assert matched.loc["1.png", "match_kind"] == "embedding"
+    assert matched.loc["1.png", "similarity"] == pytest.approx(cosine, abs=1e-5)
+    above = DedupeConfig(cosine_threshold=cosine + 0.01, geometry=False)
+    assert (by_path(deduplicate(scan, embeddings, above))["cluster_size"] == 1).all()
+
+
+def test_geometry_checks_even_a_set_of_two_and_reports_its_progress(tmp_path):
+    image = phantom(8, size=256)
+    image.save(tmp_path / "a.png")
+    image.rotate(-5, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=40).save(
+        tmp_path / "b.png"
+    )
+    scan = scanned(tmp_path)
+    rng = np.random.default_rng(2)
+    embeddings = embeddings_for(
+        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
+    )
+    calls = []
+    result = by_path(
+        deduplicate(
+            scan, embeddings, DedupeConfig(), root=tmp_path, on_progress=lambda *c: calls.append(c)
+        )
+    )
+    assert result.loc["b.png", "match_kind"] == "geometry"
+    assert calls[0][:3] == ("verifying geometry", 0, 2) and calls[-1][:3] == (
+        "verifying geometry",
+        2,
+        2,
+    )
+
+
+def test_the_geometry_layer_finds_a_turned_copy_only_when_on(tmp_path):
+    image = phantom(4, size=256)
+    image.save(tmp_path / "a.png")
+    image.rotate(6, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=40).save(
+        tmp_path / "b.png"
+    )
+    for index in range(3):
+        phantom(10 + index, size=256).save(tmp_path / f"other{index}.png")
+    scan = scanned(tmp_path)
+    rng = np.random.default_rng(1)  # unrelated embeddings: only the pixels can tell
+    embeddings = embeddings_for(
+        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
+    )
+    on = by_path(deduplicate(scan, embeddings, DedupeConfig(), root=tmp_path))
+    assert on.loc["b.png", "cluster_id"] == on.loc["a.png", "cluster_id"]
+    assert on.loc["b.png", "match_kind"] == "geometry"
+    assert on.filter(like="other", axis=0)["cluster_size"].eq(1).all()
+    off = by_path(deduplicate(scan, embeddings, DedupeConfig(geometry=False), root=tmp_path))
+    assert off.loc["b.png", "cluster_size"] == 1 and "geometry" not in set(off["match_kind"])
+
+
+def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_path, monkeypatch):
+    for index in range(3):
+        phantom(30 + index).save(tmp_path / f"{index}.png")
+    scan = scanned(tmp_path)
+    rng = np.random.default_rng(3)
+    embeddings = embeddings_for(
+        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
+    )
+    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # neighbours, no cosine match
+    checked = {}
+
+    def verify(files, i, j, on_progress=None):
+        """Matched keypoints: exactly the threshold for the first pair, one fewer for the rest."""
+        found = np.full(len(i), config.geometry_threshold - 1)
+        found[0] = config.geometry_threshold
+        checked["pairs"] = list(zip(i.tolist(), j.tolist(), strict=True))
+        return found
+
+    monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
+    result = deduplicate(scan, embeddings, config, root=tmp_path)
+    first, second = checked["pairs"][0]  # rows of files, which are all distinct and ok here
+    clustered = result.index[result["cluster_size"] > 1].tolist()
+    assert sorted(clustered) == sorted([first, second])
+    assert set(result.loc[clustered, "match_kind"]) == {"geometry"}
+
+
+def test_copies_filed_under_two_labels_are_a_conflict_and_splits_a_leak(tmp_path):
+    image = phantom(5)
+    (tmp_path / "train" / "fractured").mkdir(parents=True)
+    (tmp_path / "test" / "normal").mkdir(parents=True)
+    image.save(tmp_path / "train" / "fractured" / "a.png")
+    image.save(tmp_path / "test" / "normal" / "a.png")
+    phantom(6).save(tmp_path / "train" / "fractured" / "b.png")
+    result = deduplicate(scanned(tmp_path), None, PHASH_ONLY)
+    rows = by_path(result)
+    assert rows.loc[["train/fractured/a.png", "test/normal/a.png"], "label_conflict"].all()
+    assert not rows.loc["train/fractured/b.png", "label_conflict"]
+    leaks = leakage(result)
+    assert len(leaks) == 1 and leaks.iloc[0]["splits"] == "test, train"
+    assert leaks.iloc[0]["example"] == "test/normal/a.png | train/fractured/a.png"
+
+
+def test_leakage_lists_clusters_across_splits_largest_first(tmp_path):
+    layout = {  # picture -> the split folders its copies sit in
+        9: ("train", "val"),
+        10: ("train", "val", "test", "test"),
+        11: ("train", "train"),  # copies within one split: no leak
+    }
+    for seed, splits in layout.items():
+        for index, split in enumerate(splits):
+            folder = tmp_path / split / "fractured"
+            folder.mkdir(parents=True, exist_ok=True)
+            phantom(seed).save(folder / f"{seed}-{index}.png")
+    leaks = leakage(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert leaks["size"].tolist() == [4, 2] and leaks["n_splits"].tolist() == [3, 2]
+    assert leaks.iloc[0]["example"].count(" | ") == 2  # three examples at most
+
+
+def test_the_summary_counts_clusters_copies_conflicts_and_layers(tmp_path):
+    image = phantom(12)
+    for folder in ("fractured", "normal"):
+        (tmp_path / folder).mkdir()
+    image.save(tmp_path / "fractured" / "a.png")
+    image.save(tmp_path / "normal" / "a.png")  # a copy under another label
+    image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(tmp_path / "fractured" / "b.png")
+    image.save(tmp_path / "fractured" / "e.jpg", quality=95)
+    other = phantom(13)
+    other.save(tmp_path / "fractured" / "c.png")
+    other.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(tmp_path / "fractured" / "c_flip.png")
+    (tmp_path / "fractured" / "d.png").write_bytes(b"")
+    summary = summarise_dedupe(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    counts = summary["counts"]["value"].to_dict()
+    assert counts == {
+        "images": 6,
+        "duplicate clusters": 2,  # one of four, one of two
+        "copies not kept": 4,
+        "label-conflict clusters": 1,
+        "kept": 2,
+    }
+    assert summary["counts"].index.name == "dedupe"
+    by_match = summary["copies_by_match"]
+    assert by_match.index.name == "matched by" and list(by_match.columns) == ["copies"]
+    # Strongest layer first, not the most common; a layer that matched nothing is left out.
+    assert list(by_match["copies"].items()) == [("bytes", 1), ("phash", 3)]
+    assert pd.api.types.is_integer_dtype(by_match["copies"])
+
+
+def test_files_the_scan_did_not_keep_take_no_part(tmp_path):
+    phantom(7).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"")
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert pd.isna(result.loc["b.png", "cluster_id"]) and pd.isna(result.loc["b.png", "is_kept"])
+    assert result.loc["a.png", "is_kept"]
+
+
+def test_the_stage_marks_files_embed_could_not_read_and_files_gone_since_the_scan(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    (data / "a").mkdir(parents=True)
+    for index in range(4):
+        phantom(20 + index).save(data / "a" / f"{index}.png")
+    scan = run_scan(data, manifests, workers=1).frame.set_index("path")
+    changed = scan.loc["a/1.png", "image_id"]
+    write_embeddings(manifests, scan.reset_index(), {changed: ["changed", "it changed"]})
+    (data / "a" / "2.png").unlink()
+    result = by_path(run_dedupe(manifests, DedupeConfig(geometry=False)))
+    assert result.loc["a/1.png", ["status", "reason"]].tolist() == ["changed", "it changed"]
+    assert result.loc["a/2.png", "status"] == "vanished"
+    assert result.loc[["a/0.png", "a/3.png"], "status"].eq("ok").all()
+    assert result.loc[["a/1.png", "a/2.png"], "cluster_id"].isna().all()
+    provenance = read_provenance(manifest_path(manifests, "dedupe"))
+    assert (
+        provenance["params"]["root"] == str(data.resolve()) and not provenance["params"]["geometry"]
+    )
+    assert set(provenance["inputs"]) == {"scan", "embed"}
+    alone = run_dedupe(manifests, DedupeConfig(use_embeddings=False, geometry=False))
+    assert by_path(alone).loc["a/1.png", "status"] == "ok"  # embed's word is not read
+    assert set(read_provenance(manifest_path(manifests, "dedupe"))["inputs"]) == {"scan"}
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    with pytest.raises(ManifestError, match="is missing; pass --root"):
+        run_dedupe(manifests, DedupeConfig(geometry=False))
+    found = run_dedupe(manifests, DedupeConfig(geometry=False), root=moved)
+    assert by_path(found).loc["a/0.png", "status"] == "ok"
+    assert read_provenance(manifest_path(manifests, "dedupe"))["params"]["root"] == str(moved)
+
+
+def test_the_stage_gives_every_layer_its_settings_the_embeddings_and_the_images(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    (data / "a").mkdir(parents=True)
+    image = phantom(40, size=256)
+    image.save(data / "a" / "source.png")
+    turned = image.rotate(6, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=40)
+    turned.save(data / "a" / "turned.png")
+    for index in range(3):
+        phantom(41 + index, size=256).save(data / "a" / f"other{index}.png")
+    scan = run_scan(data, manifests, workers=1).frame
+    write_embeddings(manifests, scan)  # unrelated vectors
+    calls = []
+    everyone = DedupeConfig(geometry_floor=-1.0)  # every file a neighbour to check
+    found = by_path(
+        run_dedupe(manifests, everyone, on_progress=lambda *call: calls.append(call[0]))
+    )
+    assert found.loc["a/turned.png", "match_kind"] == "geometry"  # read from the dataset
+    assert found["cluster_size"].tolist().count(2) == 2 and "verifying geometry" in calls
+    any_two = DedupeConfig(cosine_threshold=-1.0, geometry=False)  # any two embeddings match
+    matched = by_path(run_dedupe(manifests, any_two))
+    assert matched["cluster_size"].eq(5).all()
+    assert matched["match_kind"].value_counts().to_dict() == {"embedding": 5}

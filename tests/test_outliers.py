@@ -1,0 +1,203 @@
+"""`curate outliers` on embeddings made here: which rows are fitted, scored and flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import curated_table, noise_image, save_gray, write_embeddings
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+
+from fracture_curate.dedupe import DedupeConfig, run_dedupe
+from fracture_curate.manifest import manifest_path, read_provenance
+from fracture_curate.outliers import (
+    MIN_CLASS_SIZE,
+    OutlierConfig,
+    isolation_scores,
+    parse_contamination,
+    principal_components,
+    robust_flags,
+    run_outliers,
+    score_outliers,
+)
+from fracture_curate.scan import run_scan
+from fracture_curate.vectors import unit_rows
+
+FAST = {"n_estimators": 200}
+
+
+def clusters(sizes: dict[str, int], seed: int = 0, dim: int = 24) -> tuple[list[str], np.ndarray]:
+    """Labels and vectors: one tight cluster per label, around its own random centre."""
+    rng = np.random.default_rng(seed)
+    labels, vectors = [], []
+    for label, size in sizes.items():
+        centre = rng.gamma(1.0, 1.0, dim)
+        labels += [label] * size
+        vectors.append(centre + rng.normal(0, 0.05, (size, dim)))
+    return labels, np.abs(np.concatenate(vectors)).astype(np.float32)
+
+
+def table_and_embeddings(
+    labels: list[str], vectors: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = curated_table(labels, stage="dedupe")
+    embeddings = pd.DataFrame({"image_id": frame["image_id"], "embedding": list(vectors)})
+    return frame, embeddings
+
+
+def test_a_stranger_far_from_the_crowd_is_flagged_and_scored_highest():
+    labels, vectors = clusters({"a": 60})
+    vectors[7] = np.random.default_rng(9).gamma(1.0, 1.0, vectors.shape[1]) * 3
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    scored = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    assert scored["outlier_score"].idxmax() == 7 and scored.loc[7, "is_outlier"]
+    assert scored["is_outlier"].sum() < 6  # and few others (the robust rule's false alarms)
+
+
+def test_per_class_scoring_finds_an_image_unlike_its_own_class():
+    labels, vectors = clusters({"fractured": 30, "normal": 30})
+    labels[35] = "fractured"  # one normal-looking image filed as fractured: a label error
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    overall = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    assert not overall.loc[35, "is_outlier"]  # among the normal crowd, it looks ordinary
+    per_class = score_outliers(frame, embeddings, OutlierConfig(per_class=True, **FAST))
+    assert per_class.loc[35, "is_outlier"]
+    assert per_class.loc[per_class["label"] == "fractured", "outlier_score"].idxmax() == 35
+
+
+def test_classes_too_small_for_their_own_model_keep_the_overall_scores():
+    labels, vectors = clusters({"big": 40, "small": MIN_CLASS_SIZE - 1})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    overall = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    per_class = score_outliers(frame, embeddings, OutlierConfig(per_class=True, **FAST))
+    small = per_class["label"] == "small"
+    assert per_class.loc[small, "outlier_score"].equals(overall.loc[small, "outlier_score"])
+    assert not per_class.loc[~small, "outlier_score"].equals(overall.loc[~small, "outlier_score"])
+
+
+def test_a_contamination_fraction_flags_that_share_and_auto_is_scikit_learn_s():
+    labels, vectors = clusters({"a": 50, "b": 50})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    flagged = score_outliers(frame, embeddings, OutlierConfig(contamination=0.1, **FAST))
+    assert flagged["is_outlier"].sum() == 10
+    top = flagged["outlier_score"].nlargest(10).index
+    assert flagged.loc[top, "is_outlier"].all()
+    auto = score_outliers(frame, embeddings, OutlierConfig(contamination="auto", **FAST))
+    reduced = PCA(n_components=0.95, random_state=0).fit_transform(unit_rows(vectors))
+    forest = IsolationForest(n_estimators=200, contamination="auto", random_state=0).fit(reduced)
+    assert auto["is_outlier"].tolist() == (forest.predict(reduced) == -1).tolist()
+
+
+@pytest.mark.parametrize("components", [1, 3, 7])
+def test_a_whole_number_of_components_keeps_that_many(components):
+    _, vectors = clusters({"a": 30, "b": 30})
+    assert principal_components(vectors, components, 0).shape == (60, components)
+
+
+def test_a_share_of_variance_keeps_what_explains_it_and_a_count_is_capped():
+    _, vectors = clusters({"a": 30, "b": 30, "c": 30})
+    expected = PCA(n_components=0.8).fit(vectors).n_components_
+    assert principal_components(vectors, 0.8, 0).shape == (90, expected)
+    assert principal_components(vectors[:5], 50, 0).shape == (5, 5)
+
+
+def test_the_robust_rule_flags_scores_far_above_the_median():
+    scores = np.array([0.40, 0.41, 0.42, 0.40, 0.43, 0.41, 0.90])
+    assert robust_flags(scores).tolist() == [False] * 6 + [True]
+    assert robust_flags(np.full(5, 0.5)).tolist() == [False] * 5  # no spread, nothing strange
+    assert robust_flags(np.array([0.5, 0.5, 0.5, 0.6])).tolist() == [False, False, False, True]
+
+
+def test_copies_share_their_file_s_score_and_rows_without_a_vector_get_none():
+    labels, vectors = clusters({"a": 30})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    copy = frame.iloc[[4]].assign(path="a/copy.png", is_kept=False)
+    gone = frame.iloc[[5]].assign(path="a/gone.png", image_id="f" * 64)
+    frame = pd.concat([frame, copy, gone], ignore_index=True)
+    scored = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    assert scored.loc[30, "outlier_score"] == scored.loc[4, "outlier_score"]
+    assert pd.isna(scored.loc[31, "outlier_score"]) and pd.isna(scored.loc[31, "is_outlier"])
+    assert scored["outlier_score"].notna().sum() == 31
+
+
+def test_fewer_than_three_files_are_not_scored():
+    labels, vectors = clusters({"a": 2})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    assert score_outliers(frame, embeddings, OutlierConfig(**FAST))["outlier_score"].isna().all()
+
+
+def test_the_stage_scores_the_curated_folder_and_records_how(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(25):
+        save_gray(data / "a" / f"{index}.png", noise_image(index))
+    scan = run_scan(data, manifests, workers=1).frame
+    write_embeddings(manifests, scan)
+    run_dedupe(manifests, DedupeConfig(geometry=False))
+    config = OutlierConfig(contamination=parse_contamination("0.2"), **FAST)
+    scored = run_outliers(manifests, config)
+    assert scored["outlier_score"].notna().all() and scored["is_outlier"].sum() == 5
+    provenance = read_provenance(manifest_path(manifests, "outliers"))
+    assert provenance["params"]["contamination"] == 0.2
+    assert set(provenance["inputs"]) == {"dedupe", "embed"}
+    assert provenance["params"]["root"] == str(data.resolve())
+
+
+def test_contamination_from_a_command_line():
+    assert parse_contamination("robust") == "robust" and parse_contamination("auto") == "auto"
+    assert parse_contamination("0.05") == 0.05
+    assert parse_contamination("lots") == "lots"  # the config says what is allowed
+
+
+def test_scores_are_the_forest_s_with_the_configured_trees():
+    labels, vectors = clusters({"a": 40})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    scored = score_outliers(frame, embeddings, OutlierConfig(n_estimators=37, components=4))
+    reduced = PCA(n_components=4, random_state=0).fit_transform(unit_rows(vectors))
+    forest = IsolationForest(n_estimators=37, random_state=0).fit(reduced)
+    np.testing.assert_allclose(scored["outlier_score"], -forest.score_samples(reduced))
+
+
+def test_a_count_given_as_a_command_line_number_works():
+    _, vectors = clusters({"a": 30})
+    assert principal_components(vectors, 1.0, 0).shape == (30, 1)  # typer gives floats
+    assert principal_components(vectors, 2.0, 0).shape == (30, 2)
+
+
+def test_the_projection_is_the_same_for_the_same_seed_however_large():
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(600, 520)).astype(np.float32)  # large: a randomised solver
+    first = principal_components(vectors, 10, seed=3)
+    assert np.array_equal(first, principal_components(vectors, 10, seed=3))
+    config = OutlierConfig(components=10, n_estimators=20)  # the seed reaches the projection too
+    assert np.array_equal(
+        isolation_scores(vectors, config)[0], isolation_scores(vectors, config)[0]
+    )
+
+
+def test_the_robust_rule_uses_the_spread_of_the_scores():
+    spread_of_one = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # median 2, MAD exactly 1
+    assert not robust_flags(spread_of_one).any()
+    at_the_cut = np.array([-3.5, -0.6745, 0.0, 0.6745, 3.5])  # z-scores -3.5 ... 3.5 exactly
+    assert not robust_flags(at_the_cut).any()  # flagged only above the cut-off
+    assert robust_flags(np.append(at_the_cut[:-1], 3.51)).tolist() == [False] * 4 + [True]
+
+
+def test_three_files_are_enough_to_score_and_a_class_of_exactly_the_minimum_has_its_own():
+    labels, vectors = clusters({"a": 3})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    assert score_outliers(frame, embeddings, OutlierConfig(**FAST))["outlier_score"].notna().all()
+    labels, vectors = clusters({"big": 40, "exact": MIN_CLASS_SIZE})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    overall = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    per_class = score_outliers(frame, embeddings, OutlierConfig(per_class=True, **FAST))
+    exact = per_class["label"] == "exact"
+    assert not per_class.loc[exact, "outlier_score"].equals(overall.loc[exact, "outlier_score"])
+
+
+def test_unlabelled_files_are_a_class_of_their_own_when_scoring_per_class():
+    labels, vectors = clusters({"a": 25, "b": 25})
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    frame.loc[25:, "label"] = pd.NA
+    scored = score_outliers(frame, embeddings, OutlierConfig(per_class=True, **FAST))
+    assert scored["outlier_score"].notna().all()

@@ -1,0 +1,235 @@
+"""`curate split` on tables made by hand: what each option promises, row by row."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from helpers import curated_table, noise_image, save_gray, write_embeddings
+
+from fracture_curate.dedupe import DedupeConfig, run_dedupe
+from fracture_curate.manifest import ManifestError, manifest_path, read_provenance, read_stage
+from fracture_curate.outliers import OutlierConfig, run_outliers
+from fracture_curate.scan import run_scan
+from fracture_curate.schema import EXCLUSION_KINDS
+from fracture_curate.split import (
+    SplitConfig,
+    SplitError,
+    exclusions,
+    leakage_groups,
+    make_split,
+    run_split,
+    split_summary,
+    straddling_groups,
+)
+
+
+def counts(result: pd.DataFrame) -> pd.DataFrame:
+    """Rows per split and label."""
+    used = result[result["split"].notna()]
+    return pd.crosstab(used["label"], used["split"])
+
+
+def test_every_split_holds_each_label_in_proportion():
+    labels = ["rare"] * 40 + ["common"] * 160  # 20% / 80%, every row its own group
+    result = make_split(curated_table(labels), SplitConfig(seed=3))
+    table = counts(result)
+    for split in ("train", "val", "test"):
+        size = table[split].sum()
+        # a stratified fold holds each label within one row of its share
+        assert abs(table.loc["rare", split] - 0.2 * size) <= 1, table
+    shares = table.sum() / table.values.sum()
+    assert shares["train"] == pytest.approx(0.70, abs=0.03)
+    assert shares["val"] == pytest.approx(0.15, abs=0.03)
+    assert shares["test"] == pytest.approx(0.15, abs=0.03)
+
+
+def test_fractions_of_the_user_s_choosing_are_followed():
+    labels = ["a", "b"] * 100
+    result = make_split(curated_table(labels), SplitConfig(train=0.5, val=0.25, test=0.25))
+    shares = result["split"].value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.5, abs=0.03)
+    assert shares["val"] == pytest.approx(0.25, abs=0.03)
+    assert shares["test"] == pytest.approx(0.25, abs=0.03)
+    no_val = make_split(curated_table(labels), SplitConfig(train=0.8, val=0, test=0.2))
+    assert set(no_val["split"]) == {"train", "test"}
+
+
+def test_the_same_seed_gives_the_same_split_and_another_seed_another():
+    frame = curated_table(["a", "b"] * 60)
+    first = make_split(frame, SplitConfig(seed=1))["split"]
+    assert first.equals(make_split(frame, SplitConfig(seed=1))["split"])
+    assert not first.equals(make_split(frame, SplitConfig(seed=2))["split"])
+
+
+def test_groups_join_rows_through_clusters_and_patients_transitively():
+    frame = curated_table(
+        ["a"] * 5,
+        cluster_id=[1, 1, 2, 3, 4],
+        patient_id=["p", "q", "q", "r", None],
+    )
+    groups = leakage_groups(frame)
+    assert groups[0] == groups[1] == groups[2]  # 0-1 by cluster, 1-2 by patient
+    assert len({groups[0], groups[3], groups[4]}) == 3
+
+
+def test_a_patient_or_a_duplicate_cluster_never_spans_two_splits():
+    labels = ["a", "b"] * 60
+    patients = [f"p{index // 3}" for index in range(120)]  # three images per patient
+    clusters = [index // 2 for index in range(120)]  # and pairs sharing a cluster
+    frame = curated_table(labels, patient_id=patients, cluster_id=clusters)
+    result = make_split(frame, SplitConfig(seed=5))
+    assert straddling_groups(result).empty
+    for column in ("patient_id", "cluster_id"):
+        assert (result.groupby(column)["split"].nunique() == 1).all(), column
+
+
+def test_outliers_leave_the_split_only_when_asked():
+    frame = curated_table(["a", "b"] * 20, is_outlier=[index in (3, 7) for index in range(40)])
+    kept = make_split(frame, SplitConfig())
+    assert kept.loc[[3, 7], "split"].notna().all()
+    dropped = make_split(frame, SplitConfig(drop_outliers=True))
+    assert dropped.loc[[3, 7], "split"].isna().all()
+    assert (dropped.loc[[3, 7], "excluded_reason"] == "outlier").all()
+    assert dropped.loc[3, "excluded_detail"] == "outlier score 0.500"
+    assert dropped["split"].notna().sum() == 38
+
+
+def test_each_exclusion_has_its_kind_and_its_detail():
+    frame = curated_table(
+        ["a", "a", "b", "b", None, "a"],
+        status=["ok", "ok", "ok", "truncated", "ok", "ok"],
+        reason=[None, None, None, "the data stops early", None, None],
+        cluster_id=[0, 0, 2, 3, 4, 5],
+        cluster_size=[2, 2, 1, 1, 1, 1],
+        is_kept=[True, False, True, True, True, True],
+        duplicate_of=[None, f"{0:064x}", None, None, None, None],
+        label_conflict=[False, False, False, False, False, True],
+    )
+    reasons = exclusions(frame, drop_outliers=False)
+    assert reasons["excluded_reason"].fillna("-").tolist() == [
+        "-",
+        "duplicate",
+        "-",
+        "truncated",
+        "no_label",
+        "label_conflict",
+    ]
+    assert reasons.loc[1, "excluded_detail"] == "copy of a/0000.png"
+    assert reasons.loc[3, "excluded_detail"] == "the data stops early"
+    assert reasons.loc[5, "excluded_detail"] == "labels a in one duplicate cluster"
+    assert set(reasons["excluded_reason"].dropna()) <= set(EXCLUSION_KINDS)
+
+
+def test_keeping_the_source_splits_keeps_them_and_reports_their_leakage():
+    frame = curated_table(
+        ["a", "b"] * 10,
+        source_split=["train", "val", "test", "train", "val"] * 4,
+        patient_id=["p1", "p1"] + [None] * 18,  # one patient in train and in val
+    )
+    result = make_split(frame, SplitConfig(keep_source_splits=True))
+    assert (result["split"] == result["source_split"]).all()
+    straddling = straddling_groups(result)
+    assert len(straddling) == 1 and straddling.iloc[0]["splits"] == "train, val"
+
+
+def test_the_split_summary_counts_each_label_in_each_split():
+    result = make_split(curated_table(["a", "b"] * 30), SplitConfig())
+    summary = split_summary(result)
+    assert list(summary.columns) == ["train", "val", "test", "total"]
+    assert summary.loc["total", "total"] == 60
+    assert summary.loc["a", "total"] == 30
+
+
+def test_impossible_splits_are_clear_errors():
+    with pytest.raises(SplitError, match="independent groups"):
+        make_split(curated_table(["a", "b", "a"]), SplitConfig())
+    nothing = curated_table(["a"] * 4, status="corrupt")
+    with pytest.raises(SplitError, match=r"^no row is eligible for the split \(see excluded_"):
+        make_split(nothing, SplitConfig())
+    tiny = SplitConfig(train=0.5, val=5e-324, test=0.0)  # found by hypothesis: overflowed
+    with pytest.raises(SplitError, match=r"e-324 val share needs at least 21"):
+        make_split(curated_table(["a", "b"] * 10), tiny)
+    few = curated_table(["a", "b"] * 7)  # small, but enough groups for 4 folds
+    assert make_split(few, SplitConfig(train=0.5, val=0.25, test=0.25))["split"].notna().all()
+
+
+def test_the_stage_leaves_out_files_gone_since_and_records_its_root(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for label in ("a", "b"):
+        for index in range(15):
+            save_gray(
+                data / label / f"{index}.png", noise_image(index + (50 if label == "b" else 0))
+            )
+    scan = run_scan(data, manifests, workers=1).frame
+    write_embeddings(manifests, scan)
+    run_dedupe(manifests, DedupeConfig(geometry=False))
+    run_outliers(manifests, OutlierConfig(n_estimators=50))
+    (data / "a" / "3.png").unlink()
+    result = run_split(manifests, SplitConfig(seed=1)).set_index("path")
+    assert result.loc["a/3.png", ["status", "excluded_reason"]].tolist() == ["vanished"] * 2
+    assert result["split"].notna().sum() == 29
+    provenance = read_provenance(manifest_path(manifests, "split"))
+    assert provenance["params"]["seed"] == 1 and provenance["params"]["root"] == str(data.resolve())
+    other = run_split(manifests, SplitConfig(seed=2, train=0.5, val=0.25, test=0.25))
+    assert read_stage(manifests, "split")[0]["split"].tolist() == other["split"].tolist()
+    assert (other["split"] == "train").sum() < (result["split"] == "train").sum()  # its fractions
+    run_outliers(manifests, OutlierConfig(n_estimators=50))  # a new outliers manifest
+    with pytest.raises(ManifestError, match=r"split\.parquet was made from an older outliers"):
+        read_stage(manifests, "split")
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    run_split(manifests, SplitConfig(seed=1), root=moved)
+    assert read_provenance(manifest_path(manifests, "split"))["params"]["root"] == str(moved)
+
+
+def test_rows_without_an_outlier_score_stay_when_outliers_are_dropped():
+    frame = curated_table(
+        ["a", "b"] * 10,
+        outlier_score=[None] * 2 + [0.5] * 18,  # two rows had no embedding to score
+        is_outlier=[None, None, True] + [False] * 17,
+    )
+    result = make_split(frame, SplitConfig(drop_outliers=True))
+    assert result.loc[[0, 1], "split"].notna().all()
+    assert result.loc[2, "excluded_reason"] == "outlier" and result["split"].notna().sum() == 19
+    assert result["excluded_reason"].dtype == "string"
+    assert result["excluded_detail"].dtype == "string"
+
+
+def test_conflict_and_label_details_name_what_they_found():
+    frame = curated_table(
+        ["fractured", "normal", None],
+        cluster_id=[0, 0, 2],
+        cluster_size=[2, 2, 1],
+        label_conflict=[True, True, False],
+    )
+    reasons = exclusions(frame, drop_outliers=False)
+    assert reasons.loc[0, "excluded_detail"] == "labels fractured, normal in one duplicate cluster"
+    assert reasons.loc[2, "excluded_detail"] == "the layout or labels CSV gives this file no label"
+
+
+def test_fractions_are_shares_of_their_sum():
+    result = make_split(curated_table(["a", "b"] * 100), SplitConfig(train=2, val=1, test=1))
+    shares = result["split"].value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.5, abs=0.03)
+    assert shares["test"] == pytest.approx(0.25, abs=0.03)
+
+
+def test_a_half_test_share_is_two_folds():
+    result = make_split(curated_table(["a", "b"] * 50), SplitConfig(train=0.5, val=0, test=0.5))
+    assert result["split"].value_counts()["test"] == 50
+
+
+def test_exactly_as_many_groups_as_folds_is_enough_and_one_fewer_is_not():
+    seven = curated_table(["a"] * 7)  # test: 7 folds of 7 groups; val: 6 folds of the 6 left
+    assert make_split(seven, SplitConfig())["split"].notna().all()
+    with pytest.raises(SplitError, match="only 6 independent groups"):
+        make_split(seven.iloc[:6], SplitConfig())
+    two = curated_table(["a", "a"])  # the test fold takes one, val has one group left
+    with pytest.raises(SplitError, match=r"only 1 independent groups .* val share"):
+        make_split(two, SplitConfig(train=0.25, val=0.25, test=0.5))
+
+
+def test_classes_too_small_for_the_folds_are_a_clear_error():
+    five_each = curated_table(["a", "b"] * 5)  # enough groups for 7 folds, not per class
+    with pytest.raises(SplitError, match=r"too few images per label for a 15% test share \("):
+        make_split(five_each, SplitConfig())
