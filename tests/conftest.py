@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 
 def read_dicom_radiograph(name: str) -> np.ndarray:
@@ -28,3 +31,10 @@ def ankle_radiograph() -> np.ndarray:
 def ankle_radiograph_lossy() -> np.ndarray:
     """The same radiograph as RG3 from its lossy JPEG 2000 encoding: a real near-duplicate."""
     return read_dicom_radiograph("RG3_J2KI.dcm")
+
+
+# Hypothesis: a moderate number of examples in the suite, fewer when the mutation tests run it
+# once per mutant (HYPOTHESIS_PROFILE=mutation); no deadline, the machine being shared.
+settings.register_profile("suite", max_examples=60, deadline=None)
+settings.register_profile("mutation", max_examples=15, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
