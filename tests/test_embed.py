@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
-from fracture_curate.embed import EmbedConfig, embed_manifest
+from fracture_curate.embed import PARTS_FOLDER, EmbedConfig, PartStore, embed_manifest
 from fracture_curate.embedder import MobileNetV2Embedder, inference_model
 from fracture_curate.manifest import read_manifest, read_provenance
 from fracture_curate.model_input import preprocess
@@ -255,3 +255,35 @@ def test_cli_reports_missing_weights_and_missing_scan(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "no MobileNetV2 ImageNet weights found offline" in result.output
     assert "Traceback" not in result.output
+
+
+def test_leftover_parts_made_with_other_settings_are_never_mixed_in(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(4):
+        save_gray(data / f"a/{index}.png", noise_image(index))
+    scan = scan_into(data, manifests)
+    other = EmbedConfig(weights="random", image_size=48)  # another input size: other vectors
+    parts = PartStore(manifests / PARTS_FOLDER)
+    ids = scan["image_id"].tolist()[:2]
+    parts.write(ids, np.ones((2, 1280), np.float32), other.identity() | {"weights_source": "x"})
+    result = embed_manifest(manifests, FAST, workers=0)
+    assert (result.reused, result.embedded) == (0, 4)
+    mixed, vectors = read_embeddings(manifests)
+    clean = tmp_path / "clean"
+    scan_into(data, clean)
+    embed_manifest(clean, FAST, workers=0)
+    assert read_embeddings(clean)[0] == mixed
+    np.testing.assert_allclose(read_embeddings(clean)[1], vectors, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vectors[:2], 1.0)
+
+
+def test_crop_keeps_the_centre_and_stretch_keeps_the_whole_image():
+    wide = np.zeros((100, 300), np.uint8)
+    wide[:, :100] = 255  # a white band on the left third, black elsewhere
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    stretched = preprocess(buffer.getvalue(), 64, "stretch")
+    cropped = preprocess(buffer.getvalue(), 64, "crop")
+    assert stretched.shape == cropped.shape == (64, 64, 3)
+    assert stretched[:, :16].mean() > 250 and stretched[:, -16:].mean() < 5  # all of it, squeezed
+    assert cropped.max() < 5  # the centre square of a 3:1 image misses the white third

@@ -17,7 +17,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
+from typer.testing import CliRunner
 
+from fracture_curate import __version__
+from fracture_curate.cli import app
 from fracture_curate.dedupe import run_dedupe
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import (
@@ -29,6 +32,7 @@ from fracture_curate.manifest import (
 )
 from fracture_curate.outliers import run_outliers
 from fracture_curate.report import SECTIONS, build_report
+from fracture_curate.report.html import table as html_table
 from fracture_curate.scan import run_scan
 from fracture_curate.split import run_split
 from fracture_curate.synthetic import generate_dataset, planted_vs_found
@@ -373,3 +377,35 @@ def test_report_renders_in_headless_chromium(pipeline, chromium, tmp_path):
         assert shot.size == (1280, 4000)
         low, high = shot.convert("L").getextrema()
         assert high - low > 100  # something was drawn
+
+
+def test_table_cells_headers_and_captions_are_escaped():
+    frame = pd.DataFrame(
+        {"<b>label</b>": ['<script>alert("x")</script>', "a & b"]},
+        index=pd.Index(["<i>row</i>", "ok"], name="<u>name</u>"),
+    )
+    text = html_table(frame, caption="<em>caption</em>")
+    for raw in ("<script>", "<b>label", "<i>row", "<u>name", "<em>caption", "a & b"):
+        assert raw not in text
+    for escaped in ("&lt;script&gt;alert(&quot;x&quot;)", "&lt;b&gt;label", "a &amp; b"):
+        assert escaped in text
+
+
+def test_curate_report_and_synth_and_version_through_the_command_line(tmp_path, pipeline):
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"fracture-curate {__version__}"
+    synth = runner.invoke(
+        app, ["synth", str(tmp_path / "set"), "--per-class", "3", "--size", "64", "--seed", "2"]
+    )
+    assert synth.exit_code == 0, synth.output
+    record = pd.read_csv(tmp_path / "set" / "planted.csv")
+    assert (record["kind"] == "original").sum() == 6 and (tmp_path / "set" / "train").is_dir()
+    out = tmp_path / "report.html"
+    report = runner.invoke(
+        app, ["report", "--manifests", str(pipeline["manifests"]), "--out", str(out)]
+    )
+    assert report.exit_code == 0, report.output
+    assert Page(out.read_text(encoding="utf-8")).sections == list(SECTIONS)
+    bad = runner.invoke(app, ["synth", str(tmp_path / "x"), "--layout", "nested"])
+    assert bad.exit_code == 2 and "unknown layout 'nested'" in bad.output

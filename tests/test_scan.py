@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,13 +170,20 @@ def test_bad_input_never_stops_the_scan(tmp_path, workers):
     assert frame.loc["fractured/zero.png", "bytes"] == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_permissions(tmp_path):
-    write_tree(tmp_path, ["fractured/a.png"])
-    (tmp_path / "fractured/a.png").chmod(0)
+def test_a_file_the_system_refuses_to_read_is_unreadable(tmp_path, monkeypatch):
+    write_tree(tmp_path, ["fractured/a.png", "fractured/b.png"])
+    refused = (tmp_path / "fractured/a.png").resolve()
+    read_bytes = Path.read_bytes
+
+    def denied(path: Path) -> bytes:  # what chmod 0 does, for users other than root
+        if path == refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
     frame = scan_dataset(tmp_path, workers=1).frame
-    assert frame["status"].tolist() == ["unreadable"]
-    assert frame["reason"].tolist() == ["permission denied"]
+    assert frame["status"].tolist() == ["unreadable", "ok"]
+    assert frame.loc[0, "reason"] == "permission denied"
 
 
 def test_format_is_read_from_content_not_name(tmp_path):
@@ -271,3 +279,26 @@ def test_scan_reports_progress_through_the_callback(tmp_path):
     calls = []
     scan_dataset(tmp_path, workers=1, on_progress=lambda *call: calls.append(call))
     assert [call[:3] for call in calls] == [("scanning", done, 3) for done in range(4)]
+
+
+def test_intensity_statistics_are_fractions_of_full_scale(tmp_path):
+    half = np.zeros((40, 40), np.uint8)
+    half[:, 20:] = 255  # mean 0.5, standard deviation 0.5 (a variance would read 0.25)
+    save_gray(tmp_path / "a" / "half.png", half)
+    deep = np.full((40, 40), 1000, np.uint16)
+    deep[:20] = 3000
+    save_gray(tmp_path / "a" / "deep.png", deep)
+    colour = np.zeros((40, 40, 3), np.uint8)
+    colour[..., 0] = 255  # pure red: luminance 0.299
+    Image.fromarray(colour).save(tmp_path / "a" / "red.png")
+    frame = scan_dataset(tmp_path, workers=1).frame.set_index("path")
+    assert frame.loc["a/half.png", "mean_intensity"] == pytest.approx(0.5)
+    assert frame.loc["a/half.png", "std_intensity"] == pytest.approx(0.5)
+    assert frame.loc["a/half.png", "colour_count"] == 2 and frame.loc["a/half.png", "is_grayscale"]
+    assert frame.loc["a/deep.png", "mean_intensity"] == pytest.approx(2000 / 65535)
+    assert frame.loc["a/deep.png", "std_intensity"] == pytest.approx(1000 / 65535)
+    assert frame.loc["a/deep.png", "bit_depth"] == 16
+    assert frame.loc["a/red.png", "mean_intensity"] == pytest.approx(0.299, abs=1e-3)
+    assert (
+        not frame.loc["a/red.png", "is_grayscale"] and frame.loc["a/red.png", "colour_count"] == 1
+    )
