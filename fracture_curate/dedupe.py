@@ -247,10 +247,11 @@ def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "kept": int(frame["is_kept"].sum()),
         }
     )
-    by_match = copies["match_kind"].value_counts().reindex(MATCH_KINDS, fill_value=0)
+    strength = {kind: index for index, kind in enumerate(MATCH_KINDS)}  # strongest layer first
+    by_match = copies["match_kind"].value_counts().sort_index(key=lambda k: k.map(strength))
     return {
         "counts": counts.rename_axis("dedupe").to_frame("value"),
-        "copies_by_match": by_match[by_match > 0].rename_axis("matched by").to_frame("copies"),
+        "copies_by_match": by_match.rename_axis("matched by").to_frame("copies"),
     }
 
 

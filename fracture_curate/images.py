@@ -139,7 +139,7 @@ def _canonical_pixels(image: Image.Image) -> np.ndarray:
     if mode in ("1", "L", "LA"):
         return np.asarray(image.convert("L"))
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image = image.convert()  # RGBA where the palette has transparency, else RGB
     array = np.asarray(image.convert("RGB"))
     if (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 1] == array[:, :, 2]).all():
         return np.ascontiguousarray(array[:, :, 0])

@@ -66,7 +66,7 @@ def test_the_strongest_layer_names_each_match(tmp_path):
     image = phantom(1)
     image.save(tmp_path / "a.png", compress_level=6)
     (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())  # same bytes
-    image.save(tmp_path / "c.png", compress_level=1)  # same pixels, other bytes
+    image.save(tmp_path / "c.png", compress_level=1)  # another label; same pixels
     image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "d.png")
     save_gray(tmp_path / "e.png", np.asarray(phantom(2)))  # another picture
     result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
@@ -228,7 +228,7 @@ def test_the_summary_counts_clusters_copies_conflicts_and_layers(tmp_path):
     for folder in ("fractured", "normal"):
         (tmp_path / folder).mkdir()
     image.save(tmp_path / "fractured" / "a.png")
-    image.save(tmp_path / "normal" / "a.png")  # a copy under another label
+    image.save(tmp_path / "normal" / "a.png", compress_level=1)  # another label; same pixels
     image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(tmp_path / "fractured" / "b.png")
     image.save(tmp_path / "fractured" / "e.jpg", quality=95)
     other = phantom(13)
@@ -247,8 +247,9 @@ def test_the_summary_counts_clusters_copies_conflicts_and_layers(tmp_path):
     assert summary["counts"].index.name == "dedupe"
     by_match = summary["copies_by_match"]
     assert by_match.index.name == "matched by" and list(by_match.columns) == ["copies"]
-    # Strongest layer first, not the most common; a layer that matched nothing is left out.
-    assert list(by_match["copies"].items()) == [("bytes", 1), ("phash", 3)]
+    # Strongest layer first, not the most common nor by name; a layer that matched nothing is
+    # left out.
+    assert list(by_match["copies"].items()) == [("pixels", 1), ("phash", 3)]
     assert pd.api.types.is_integer_dtype(by_match["copies"])
 
 
