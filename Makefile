@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-data
 MANIFESTS ?= manifests
 RUN ?= runs/demo
 
-.PHONY: demo test lint format bench clean-demo
+.PHONY: demo test lint format bench mutation clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Mutation testing of the core modules (tests/README.md); about 25 minutes on 2 cores, not in CI.
+mutation: $(STAMP)
+	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run --max-children $$(nproc)
+	$(BIN)/python tests/mutation_score.py
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -45,3 +50,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/curation_quality.py
 	$(BIN)/python benchmarks/dedupe_scale.py
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/synth_bench.py
