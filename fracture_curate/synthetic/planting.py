@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -96,18 +97,7 @@ def _hosted_entry(writer: DatasetWriter, kind: str, host: RecordEntry) -> Record
 
 def _copy_entry(kind: str, source: RecordEntry) -> RecordEntry:
     """The entry of a copy of ``source``: its label, split, patient and format until changed."""
-    return RecordEntry(
-        path="",
-        kind=kind,
-        label=source.label,
-        true_label=source.true_label,
-        split=source.split,
-        patient_id=source.patient_id,
-        source_path=source.path,
-        file_format=source.file_format,
-        quality=source.quality,
-        region=source.region,
-    )
+    return replace(source, path="", kind=kind, detail="", source_path=source.path)
 
 
 def _planted_folder(
