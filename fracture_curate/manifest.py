@@ -198,7 +198,7 @@ def check_chain(path: str | Path) -> None:
                 stage = provenance.get("stage")
                 then = "" if stage == top.get("stage") else " and the stages after it"
                 raise ManifestError(
-                    f"{manifest_path('', stage).name} was made from an older "
+                    f"{manifest_path(path.parent, stage).name} was made from an older "
                     f"{upstream_path.name}; run `curate {stage}`{then} again"
                 )
             checked.add(upstream)

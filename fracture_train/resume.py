@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from fracture_curate.params import option_name
 from fracture_curate.schema import HISTORY_FILE
 from fracture_train.checkpoint import (
     LAST,
@@ -47,7 +48,7 @@ def check_resume(out: Path, run_config: RunConfig) -> None:
         )
     old, new = saved.training, run_config.training
     changed = [
-        f"{name.replace('_', '-')} {old.get(name)!r} -> {new[name]!r}"
+        f"{option_name(name)} {old.get(name)!r} -> {new[name]!r}"
         for name in (field.name for field in fields(TrainConfig))
         if name not in RESUMABLE and old.get(name) != new[name]
     ]

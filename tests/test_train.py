@@ -224,7 +224,7 @@ def test_resume_continues_from_the_last_epoch(easy, tmp_path):
         straight.metrics["test"]["accuracy"]
     )
 
-    with pytest.raises(CheckpointError, match=r"changed: lr 0\.003 -> 0\.01"):
+    with pytest.raises(CheckpointError, match=r"changed: --lr 0\.003 -> 0\.01"):
         train_run(replace(interrupted, resume=True, lr=0.01))
     with pytest.raises(CheckpointError, match="already holds a run"):
         train_run(interrupted)
