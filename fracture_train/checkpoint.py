@@ -29,6 +29,7 @@ from fracture_train.models import BUILT_IN_FACTORIES, ModelError, create_model
 CONFIG_FILE = "config.json"
 BEST = "best"
 LAST = "last"
+CHECKPOINTS = (BEST, LAST)  #: the weights a run folder keeps
 RESUME_FILE = "resume.safetensors"
 FORMAT = "fracture-train/1"
 _STATE_KEY = "fracture_train"

@@ -19,7 +19,9 @@ from fracture_curate.display import (
     make_progress,
 )
 from fracture_curate.errors import ConfigError
-from fracture_train.config import TrainConfig
+from fracture_curate.schema import SPLITS
+from fracture_train.checkpoint import BEST, CHECKPOINTS
+from fracture_train.config import OPTIMIZERS, SELECT_METRICS, TrainConfig
 
 app = typer.Typer(
     help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
@@ -87,7 +89,7 @@ def train(
         ),
     ] = TrainConfig.freeze,
     optimizer: Annotated[
-        str, typer.Option(help="adamw, adam or sgd (Nesterov).")
+        str, typer.Option(help=", ".join(OPTIMIZERS) + " (sgd: with Nesterov momentum).")
     ] = TrainConfig.optimizer,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.lr,
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TrainConfig.weight_decay,
@@ -138,8 +140,7 @@ def train(
     select_metric: Annotated[
         str,
         typer.Option(
-            help="Val metric that picks the best checkpoint: loss, accuracy, balanced_accuracy "
-            "or auroc."
+            help="Val metric that picks the best checkpoint: " + ", ".join(SELECT_METRICS) + "."
         ),
     ] = TrainConfig.select_metric,
     target_sensitivity: Annotated[
@@ -255,9 +256,14 @@ def evaluate(
     ],
     root: Root = None,
     split: Annotated[
-        str, typer.Option(help="Rows to evaluate: all (every row with a split), train, val, test.")
+        str,
+        typer.Option(
+            help="Rows to evaluate: all (every row with a split), " + ", ".join(SPLITS) + "."
+        ),
     ] = "all",
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    which: Annotated[
+        str, typer.Option(help="Checkpoint: " + " or ".join(CHECKPOINTS) + ".")
+    ] = BEST,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -282,27 +288,22 @@ def evaluate(
     """Evaluate a trained run on another curated set (cross-dataset), as training evaluates."""
     from fracture_train.evaluate import evaluate_run
 
-    with clean_errors():
-        if split not in ("all", "train", "val", "test"):
-            raise ConfigError(f"unknown --split {split!r}; choose all, train, val or test")
-        if which not in ("best", "last"):
-            raise ConfigError(f"unknown --which {which!r}; choose best or last")
-        with make_progress("img") as progress:
-            result = evaluate_run(
-                checkpoint,
-                manifest,
-                root=root,
-                split=None if split == "all" else split,
-                checkpoint=which,
-                out=out,
-                device=device,
-                batch_size=batch_size,
-                workers=None if workers < 0 else workers,
-                cache=cache,
-                model=model,
-                show_paths=show_paths,
-                on_progress=ProgressBars(progress),
-            )
+    with clean_errors(), make_progress("img") as progress:
+        result = evaluate_run(
+            checkpoint,
+            manifest,
+            root=root,
+            split=None if split == "all" else split,
+            checkpoint=which,
+            out=out,
+            device=device,
+            batch_size=batch_size,
+            workers=None if workers < 0 else workers,
+            cache=cache,
+            model=model,
+            show_paths=show_paths,
+            on_progress=ProgressBars(progress),
+        )
     if result.metrics["label_map"]:
         mapping = ", ".join(f"{a} -> {b}" for a, b in result.metrics["label_map"].items())
         console.print(f"labels mapped onto the model's classes: {mapping}")

@@ -15,6 +15,7 @@ import pandas as pd
 from torch import nn
 
 from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
@@ -23,9 +24,10 @@ from fracture_curate.schema import (
     PREDICT_STAGE,
     PREDICTION_COLUMNS,
     PREDICTIONS_FILE,
+    SPLITS,
     probability_column,
 )
-from fracture_train.checkpoint import BEST, load_model, write_json
+from fracture_train.checkpoint import BEST, CHECKPOINTS, load_model, write_json
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -178,6 +180,10 @@ def evaluate_run(
     names the ``package.module:factory`` a run was trained with, when it was one: a run folder
     never imports code on its own.
     """
+    if split not in (None, *SPLITS):
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}, or all")
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose {' or '.join(CHECKPOINTS)}")
     run_dir = Path(run_dir)
     network, config = load_model(run_dir, checkpoint, factory=model)
     rows = load_evaluation_rows(

@@ -21,7 +21,7 @@ from fracture_curate.manifest import atomic_path, folder_lock, read_provenance
 from fracture_curate.model_input import Preprocessing
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
-from fracture_curate.schema import HISTORY_FILE
+from fracture_curate.schema import HISTORY_FILE, SPLITS
 from fracture_train.checkpoint import (
     BEST,
     LAST,
@@ -352,7 +352,7 @@ def _log_setup(
     config: TrainConfig,
 ) -> None:
     counts = rows.frame.groupby(["split", "label"]).size().unstack(fill_value=0)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         parts = ", ".join(f"{label} {count}" for label, count in counts.loc[split].items())
         log(f"{split}: {parts}")
     task = (

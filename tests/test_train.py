@@ -483,3 +483,7 @@ def test_evaluate_one_split_of_a_manifest(trained, easy, tmp_path):
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["val"]["n"] == int(
         (read_manifest(easy)["split"] == "val").sum()
     )
+    for option, value, what in (("--split", "val.", "split"), ("--which", "first", "checkpoint")):
+        refused = runner.invoke(app, [*command[:5], option, value])
+        assert refused.exit_code == 2 and f"unknown {what} {value!r}" in refused.output
+    assert not (trained.out / "evaluations").exists()  # refused before anything is written
