@@ -140,7 +140,7 @@ def embed_manifest(
                 on_batch=phase.advance,
             )
 
-        frame = pd.concat([done, parts.read(identity)], ignore_index=True)
+        frame = pd.concat([done, parts.read_new(identity)], ignore_index=True)
         frame = kept[["image_id"]].merge(frame.drop_duplicates("image_id"), on="image_id")
         if not todo.empty or parts.exist() or not _up_to_date(previous, frame, scan_provenance):
             write_manifest(
@@ -230,12 +230,14 @@ class PartStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.discarded: list[str] = []  #: damaged parts found (and deleted) by :meth:`read`
+        self.discarded: list[str] = []  #: damaged parts found (and deleted) by :meth:`read_new`
+        self._read: set[str] = set()  #: parts already returned by :meth:`read_new`
 
     def write(self, image_ids: list[str], vectors: np.ndarray, params: dict[str, Any]) -> None:
         """One more part: ``vectors`` of ``image_ids``, made with ``params``."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        index = len(list(self.folder.glob("part-*.parquet")))
+        found = sorted(self.folder.glob("part-*.parquet"))
+        index = int(found[-1].stem.removeprefix("part-")) + 1 if found else 0  # after the last
         frame = pd.DataFrame({"image_id": image_ids, "embedding": list(vectors)})
         write_manifest(
             embeddings_table(frame, vectors.shape[1]),
@@ -244,11 +246,15 @@ class PartStore:
             params=params,
         )
 
-    def read(self, identity: dict[str, Any]) -> pd.DataFrame:
-        """Every part made with the same ``identity`` (others are stale and ignored). A damaged
-        part (a full disk, a hand edit) is deleted and its images are embedded again."""
+    def read_new(self, identity: dict[str, Any]) -> pd.DataFrame:
+        """Every part made with the same ``identity`` that this store has not returned before
+        (others are stale and ignored), so a resumed run reads each part once. A damaged part
+        (a full disk, a hand edit) is deleted and its images are embedded again."""
         frames = []
         for part in sorted(self.folder.glob("part-*.parquet")):
+            if part.name in self._read:
+                continue
+            self._read.add(part.name)
             try:
                 if same_embedding(read_provenance(part)["params"], identity):
                     frames.append(pd.read_parquet(part))
@@ -278,7 +284,7 @@ def _reusable(
 ) -> tuple[pd.DataFrame, _Previous | None]:
     """Embeddings already made with the same identity (the last full file plus saved parts), and
     that full file, when its embeddings are among them."""
-    frames = [parts.read(identity)]
+    frames = [parts.read_new(identity)]
     previous = None
     if out_file.exists():
         provenance = read_provenance(out_file)

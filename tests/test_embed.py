@@ -277,6 +277,26 @@ def test_leftover_parts_made_with_other_settings_are_never_mixed_in(tmp_path):
     assert not np.allclose(vectors[:2], 1.0)
 
 
+def test_a_resumed_run_reads_each_part_once_and_never_overwrites_one(tmp_path):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(6):
+        save_gray(data / f"a/{index}.png", noise_image(index))
+    ids = scan_into(data, manifests)["image_id"].tolist()
+    parts = PartStore(manifests / PARTS_FOLDER)
+    identity = FAST.identity() | {"weights_source": "earlier run"}
+    for first in (0, 2, 4):  # three parts of two images each ...
+        parts.write(ids[first : first + 2], np.full((2, 1280), first, np.float32), identity)
+    (manifests / PARTS_FOLDER / "part-000001.parquet").write_bytes(b"torn")  # ... one damaged
+    result = embed_manifest(manifests, FAST, workers=0)
+    assert (result.reused, result.embedded) == (4, 2) and result.discarded == [
+        "part-000001.parquet"
+    ]
+    found, vectors = read_embeddings(manifests)
+    assert sorted(found) == sorted(ids)  # the new part went after part-000002, not over it
+    by_id = dict(zip(found, vectors[:, 0], strict=True))
+    assert [by_id[image_id] for image_id in ids[:2] + ids[4:]] == [0, 0, 4, 4]
+
+
 def test_crop_keeps_the_centre_and_stretch_keeps_the_whole_image():
     wide = np.zeros((100, 300), np.uint8)
     wide[:, :100] = 255  # a white band on the left third, black elsewhere
