@@ -254,13 +254,14 @@ class PartStore:
         for part in sorted(self.folder.glob("part-*.parquet")):
             if part.name in self._read:
                 continue
-            self._read.add(part.name)
             try:
                 if same_embedding(read_provenance(part)["params"], identity):
                     frames.append(pd.read_parquet(part))
             except (ManifestError, OSError, pa.ArrowException, KeyError):
                 self.discarded.append(part.name)
-                part.unlink(missing_ok=True)
+                part.unlink(missing_ok=True)  # its name is free for a new part
+            else:
+                self._read.add(part.name)
         return pd.concat(frames, ignore_index=True) if frames else _empty()
 
     def exist(self) -> bool:
