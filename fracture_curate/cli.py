@@ -14,9 +14,12 @@ from fracture_curate.display import (
     ProgressBars,
     clean_errors,
     console,
+    emphasised,
     error_console,
     frame_table,
+    interrupted,
     make_progress,
+    warning,
 )
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.layouts import LAYOUTS
@@ -110,19 +113,21 @@ def scan(
                 root, out, config, workers=workers, on_progress=ProgressBars(progress)
             )
         path = manifest_path(out, "scan")
-    console.print(f"layout: [bold]{result.layout}[/]")
+    console.print(emphasised("layout: ", result.layout))
     kept = int((result.frame["status"] == "ok").sum())
     if kept == 0:
         found = f"{len(result.frame)} file(s)" if len(result.frame) else "no file"
-        console.print(f"[yellow]warning:[/] {found} under {root} and no usable image in them")
+        console.print(warning(f"{found} under {root} and no usable image in them"))
     summary = summarise_scan(result.frame)
     console.print(frame_table(summary["status"], "Files by status"))
     console.print(frame_table(summary["format"], "Files by format"))
     console.print(frame_table(summary["label_by_split"], "Kept images: label by source split"))
     if result.unmatched_labels:
         console.print(
-            f"[yellow]warning:[/] {len(result.unmatched_labels)} labels CSV row(s) name files that "
-            f"were not found, e.g. {result.unmatched_labels[0]!r}"
+            warning(
+                f"{len(result.unmatched_labels)} labels CSV row(s) name files that were not "
+                f"found, e.g. {result.unmatched_labels[0]!r}"
+            )
         )
     console.print(f"wrote {path} ({len(result.frame)} rows)")
 
@@ -193,8 +198,9 @@ def embed(
                 )
         except KeyboardInterrupt:
             error_console.print(
-                "[bold red]interrupted:[/] the embeddings saved so far are kept; "
-                "the same command goes on from them"
+                interrupted(
+                    "the embeddings saved so far are kept; the same command goes on from them"
+                )
             )
             raise typer.Exit(code=130) from None
     params = result.params
@@ -214,9 +220,11 @@ def embed(
     if result.failed:
         image_id, (status, reason) = next(iter(result.failed.items()))
         console.print(
-            f"[yellow]warning:[/] {len(result.failed)} image(s) could not be loaded and have no "
-            f"embedding; `curate dedupe` marks their rows (a re-run retries them), e.g. "
-            f"{image_id[:12]}: {status}: {reason}"
+            warning(
+                f"{len(result.failed)} image(s) could not be loaded and have no embedding; "
+                f"`curate dedupe` marks their rows (a re-run retries them), e.g. "
+                f"{image_id[:12]}: {status}: {reason}"
+            )
         )
 
 
@@ -278,8 +286,11 @@ def dedupe(
     leaks = leakage(frame)
     if frame["source_split"].notna().any():
         console.print(
-            f"leakage in the source splits: [bold]{len(leaks)}[/] duplicate cluster(s) straddle "
-            "train/val/test"
+            emphasised(
+                "leakage in the source splits: ",
+                len(leaks),
+                " duplicate cluster(s) straddle train/val/test",
+            )
         )
         if not leaks.empty:
             console.print(frame_table(leaks.head(5).drop(columns="n_splits"), "Examples"))
@@ -322,7 +333,7 @@ def outliers(
             seed=seed,
         )
         frame = run_outliers(manifests, config)
-    flagged = frame[frame["is_outlier"].fillna(False).astype(bool)]
+    flagged = frame[frame["is_outlier"]]  # a null flag selects nothing
     flagged = flagged.sort_values("outlier_score", ascending=False)
     console.print(
         f"{len(flagged)} outlier(s) flagged among {int(frame['is_outlier'].notna().sum())} images"
@@ -373,7 +384,9 @@ def split(
     straddling = straddling_groups(frame)
     if keep_source_splits or not straddling.empty:
         console.print(
-            f"groups (duplicate cluster or patient) spanning two splits: [bold]{len(straddling)}[/]"
+            emphasised(
+                "groups (duplicate cluster or patient) spanning two splits: ", len(straddling)
+            )
         )
     console.print(f"wrote {manifest_path(manifests, 'split')}")
 

@@ -28,8 +28,10 @@ from rich.text import Text
 
 from fracture_curate.errors import CurateError
 
-console = Console()
-error_console = Console(stderr=True, soft_wrap=True)
+# Markup is off: paths, labels and messages print as they are ("xrays [2019]" stays whole, a
+# "[/]" in a name raises nothing); styled words are rich Text (see :func:`warning`).
+console = Console(markup=False)
+error_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 class RateColumn(ProgressColumn):
@@ -95,8 +97,23 @@ def clean_errors() -> Iterator[None]:
     try:
         yield
     except (CurateError, OSError) as error:
-        error_console.print(f"[bold red]error:[/] {error}")
+        error_console.print(Text.assemble(("error:", "bold red"), f" {error}"))
         raise typer.Exit(code=2) from error
+
+
+def warning(message: str) -> Text:
+    """``message`` as a warning line: "warning:" in yellow, the message as it is."""
+    return Text.assemble(("warning:", "yellow"), f" {message}")
+
+
+def emphasised(before: str, value: object, after: str = "") -> Text:
+    """A line with ``value`` in bold between plain ``before`` and ``after``."""
+    return Text.assemble(before, (str(value), "bold"), after)
+
+
+def interrupted(message: str) -> Text:
+    """``message`` after an "interrupted:" in bold red, for a run stopped with Ctrl-C."""
+    return Text.assemble(("interrupted:", "bold red"), f" {message}")
 
 
 def _cell(value: object) -> str:

@@ -16,6 +16,7 @@ from fracture_curate.display import (
     clean_errors,
     console,
     error_console,
+    interrupted,
     make_progress,
 )
 from fracture_curate.errors import ConfigError
@@ -234,15 +235,14 @@ def train(
                 )
         except KeyboardInterrupt:
             error_console.print(
-                f"[bold red]interrupted:[/] continue with the same command plus "
-                f"--resume --out {out}"
+                interrupted(f"continue with the same command plus --resume --out {out}")
             )
             raise typer.Exit(code=130) from None
     _print_metrics(result.metrics, ("val", "test"))
     selection = result.metrics["selection"]
     console.print(
         f"best epoch {selection['best_epoch']} of {selection['epochs_run']} "
-        f"(val {selection['metric']}); run folder: [bold]{result.out}[/]"
+        f"(val {selection['metric']}); run folder: {result.out}"
     )
 
 
@@ -308,7 +308,7 @@ def evaluate(
         mapping = ", ".join(f"{a} -> {b}" for a, b in result.metrics["label_map"].items())
         console.print(f"labels mapped onto the model's classes: {mapping}")
     _print_metrics(result.metrics, (split,))
-    console.print(f"evaluation folder: [bold]{result.out}[/]")
+    console.print(f"evaluation folder: {result.out}")
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:

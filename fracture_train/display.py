@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from fracture_curate.display import frame_table
 
@@ -28,14 +29,15 @@ class EpochPrinter:
             self.console.print(self.HEADER, style="bold", highlight=False)
             self.started = True
         epoch = f"{row['epoch']}/{self.epochs}"
-        self.console.print(
+        line = Text(
             f"{epoch:>7} {row['train_loss']:>7.4f} {row['train_accuracy']:>5.3f} "
             f"{row['val_loss']:>7.4f} {row['val_accuracy']:>5.3f} "
             f"{row['val_balanced_accuracy']:>5.3f} {_number(row['val_auroc']):>5} "
             f"{row['lr']:>8.2e} {row['images_per_s']:>7.1f} {row['seconds']:>6.1f}"
-            + (" [bold green]*[/]" if row["best"] else ""),
-            highlight=False,
         )
+        if row["best"]:
+            line.append(" *", style="bold green")
+        self.console.print(line, highlight=False)
 
 
 def metrics_tables(metrics: dict[str, Any], split: str) -> list[Table]:
