@@ -105,7 +105,8 @@ def is_utf8(relative: str) -> bool:
 def shown_path(path: str | Path, show: bool) -> str:
     """How a path appears in an output meant to be shared (a report, metrics.json): its last
     part only, so no machine's folders leak, unless ``show`` asks for the whole resolved path."""
-    return str(Path(path).resolve()) if show else Path(path).name
+    resolved = Path(path).resolve()  # "." is named by the folder it stands for
+    return str(resolved) if show else resolved.name
 
 
 def printable_path(relative: str) -> str:

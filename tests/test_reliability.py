@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -385,6 +386,20 @@ def test_max_pixels_is_honoured_both_ways(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+def test_names_with_brackets_print_as_they_are_and_a_bad_folder_is_one_line(tmp_path):
+    data = tmp_path / "xrays [2019]"
+    for label in ("a [x]", "[bold]b"):
+        for index in range(2):
+            save_gray(data / label / f"{index}.png", noise_image(index + len(label)))
+    result = runner.invoke(curate, ["scan", str(data), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "a [x]" in result.output and "[bold]b" in result.output  # labels in the table, whole
+    missing = tmp_path / "manifests [old]"
+    result = runner.invoke(curate, ["dedupe", "--manifests", str(missing)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error:" in result.output and "manifests [old]" in " ".join(result.output.split())
+
+
 def test_an_empty_dataset_is_warned_about(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(curate, ["scan", str(tmp_path / "empty"), "--out", str(tmp_path / "m")])
@@ -404,6 +419,20 @@ def test_degenerate_images_get_a_status_and_match_nothing(tmp_path):
     assert "smaller than 32" in odd.loc["a/tiny.png", "reason"]
     assert "longer than 10 times" in odd.loc["a/line.png", "reason"]
     assert odd.loc[["a/black.png", "a/grey.png"], "reason"].str.contains("blank").all()
+
+
+def test_a_report_on_the_current_folder_names_it_and_keeps_its_messages_whole(
+    curated, tmp_path, monkeypatch
+):
+    _, manifests = curated
+    here = tmp_path / "here"
+    shutil.copytree(manifests, here)
+    shutil.copy(here / "scan.parquet", here / "split.parquet")  # a split written by scan
+    monkeypatch.chdir(here)
+    gone = tmp_path / "gone" / "run"
+    page = build_report(Path("."), tmp_path / "report.html", run=gone).read_text()
+    assert "split.parquet was written by stage &#x27;scan&#x27;" in page
+    assert "Run folder run does not exist" in page and str(tmp_path) not in page
 
 
 def test_shared_outputs_hold_no_absolute_path_unless_asked(curated, tmp_path):

@@ -54,8 +54,10 @@ def read_inputs(manifests: Path, *, show_paths: bool = False) -> ReportInputs:
         try:
             tables[stage], provenance[stage] = read_stage(manifests, stage)
         except ManifestError as error:
-            message = str(error).replace(str(Path(manifests).resolve()), folder)
-            problems[stage] = message.replace(str(manifests), folder)
+            message = str(error)
+            for whole in {str(Path(manifests).resolve()), str(Path(manifests).absolute())}:
+                message = message.replace(whole, folder)  # a relative path names no folder above
+            problems[stage] = message
     embeddings = tables.pop("embed", None)
     latest = list(tables)[-1]
     return ReportInputs(

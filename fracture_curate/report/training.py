@@ -21,7 +21,7 @@ def training_section(run: Path | None, *, show_paths: bool = False) -> str:
         return note("No run folder given (`curate report --run RUN_DIR`).")
     run = Path(run)
     if not run.is_dir():
-        return note(f"Run folder {run} does not exist.")
+        return note(f"Run folder {shown_path(run, show_paths)} does not exist.")
     parts = [note(f"Run folder: {shown_path(run, show_paths)}")]
     figures = [png_figure(png.read_bytes(), png.name) for png in sorted(run.glob("*.png"))]
     parts.append("".join(figures) or note("No PNG figures in the run folder."))
