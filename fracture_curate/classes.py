@@ -1,11 +1,12 @@
 """What a class name means: a finding (a fracture, an abnormal study) or normal.
 
-One rule, used wherever a class name decides something: the generator draws a fracture for a
-finding class, the trainer makes a binary task's finding class the positive one, and the report
-says which class that will be. Datasets name their classes freely: ``fractured`` / ``not
-fractured`` (Bone Fracture Multi-Region), ``Fractured`` / ``Non_fractured`` (FracAtlas),
-``positive`` / ``negative`` (MURA studies), ``abnormal`` / ``normal``, or ten fracture types
-(Bone Break Classification), so the rule reads words, not whole names.
+One rule, used wherever a class name decides something: the generator draws no fracture for a
+class that reads as normal, the trainer makes a binary task's finding class the positive one,
+and the report says which class that will be. Datasets name their classes freely:
+``fractured`` / ``not fractured`` (Bone Fracture Multi-Region), ``Fractured`` /
+``Non_fractured`` (FracAtlas), ``positive`` / ``negative`` (MURA studies), ``abnormal`` /
+``normal``, or ten fracture types (Bone Break Classification), so the rule reads words, not
+whole names.
 """
 
 from __future__ import annotations

@@ -27,8 +27,13 @@ from fracture_curate.manifest import manifest_path
 from fracture_curate.outliers import OutlierConfig, parse_contamination, run_outliers
 from fracture_curate.scan import ScanConfig, run_scan, summarise_scan
 from fracture_curate.split import SplitConfig, run_split, split_summary, straddling_groups
-from fracture_curate.synthetic import LAYOUTS as SYNTH_LAYOUTS
-from fracture_curate.synthetic import generate_dataset
+from fracture_curate.synthetic import (
+    FRACTURE_KINDS,
+    GENERATED_LAYOUTS,
+    LABELS_CSV,
+    PLANTED_CSV,
+    generate_dataset,
+)
 
 app = typer.Typer(
     help="Curate a folder of bone X-rays into an honest, leakage-free training set.",
@@ -39,9 +44,7 @@ app = typer.Typer(
 
 ManifestDir = Annotated[
     Path,
-    typer.Option(
-        "--manifests", help="Folder holding the manifests (read and written).", file_okay=False
-    ),
+    typer.Option("--manifests", help="Folder holding the manifests.", file_okay=False),
 ]
 RootOption = Annotated[
     Path | None,
@@ -419,12 +422,23 @@ def report(
 
 @app.command()
 def synth(
-    root: Annotated[Path, typer.Argument(help="Folder to write the generated dataset into.")],
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder to write the generated dataset into: new, empty, or holding an earlier "
+            "generated set (which is replaced); any other folder is refused."
+        ),
+    ],
     layout: Annotated[
-        str, typer.Option(help="Folder layout: " + ", ".join(SYNTH_LAYOUTS) + ".")
+        str, typer.Option(help="Folder layout: " + ", ".join(GENERATED_LAYOUTS) + ".")
     ] = "split-class",
     classes: Annotated[
-        str, typer.Option(help="Comma-separated class names (ignored by the mura layout).")
+        str,
+        typer.Option(
+            help="Comma-separated class names (ignored by the mura layout). A name that reads as "
+            "normal is drawn without a fracture, any other with one, of the kind it names if it "
+            "names one of " + ", ".join(FRACTURE_KINDS) + "."
+        ),
     ] = "fractured,not fractured",
     per_class: Annotated[int, typer.Option(help="Original images per class.")] = 40,
     size: Annotated[int, typer.Option(help="Image side in pixels (16 or more).")] = 256,
@@ -446,7 +460,9 @@ def synth(
         )
     counts = record["kind"].value_counts().rename_axis("kind").to_frame("files")
     console.print(frame_table(counts, f"Generated {len(record)} files in {root} ({layout})"))
-    console.print(f"record of planted problems: {root / 'planted.csv'}")
+    console.print(f"record of planted problems: {root / PLANTED_CSV}")
+    if layout == "csv":
+        console.print(f"its labels: curate scan {root} --labels {root / LABELS_CSV}")
 
 
 if __name__ == "__main__":

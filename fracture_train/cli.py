@@ -267,7 +267,7 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Report folder (default RUN/evaluations/<dataset>-<split>).", file_okay=False
+            help="Evaluation folder (default RUN/evaluations/<dataset>-<split>).", file_okay=False
         ),
     ] = None,
     device: Device = "auto",

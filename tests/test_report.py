@@ -409,3 +409,7 @@ def test_curate_report_and_synth_and_version_through_the_command_line(tmp_path, 
     assert Page(out.read_text(encoding="utf-8")).sections == list(SECTIONS)
     bad = runner.invoke(app, ["synth", str(tmp_path / "x"), "--layout", "nested"])
     assert bad.exit_code == 2 and "unknown layout 'nested'" in bad.output
+    csv_set = tmp_path / "csv"
+    command = ["synth", str(csv_set), "--layout", "csv", "--per-class", "3", "--size", "64"]
+    told = "".join(runner.invoke(app, command).output.split())  # rich folds long paths
+    assert f"curatescan{csv_set}--labels{csv_set / 'labels.csv'}" in told

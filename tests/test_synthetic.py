@@ -15,7 +15,7 @@ from fracture_curate.errors import ConfigError
 from fracture_curate.scan import scan_dataset
 from fracture_curate.synthetic import (
     FRACTURE_KINDS,
-    LAYOUTS,
+    GENERATED_LAYOUTS,
     PLANTED_KINDS,
     RECORD_COLUMNS,
     draw_outlier,
@@ -67,7 +67,7 @@ def lossless(*paths: Path) -> bool:
     return all(p.suffix == ".png" for p in paths)
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=GENERATED_LAYOUTS)
 def dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     layout = request.param
     root = tmp_path_factory.mktemp(layout) / "data"

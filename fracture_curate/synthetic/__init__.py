@@ -16,13 +16,13 @@ from fracture_curate.synthetic.record import (
     RECORD_COLUMNS,
     planted_vs_found,
 )
-from fracture_curate.synthetic.writer import LAYOUTS
+from fracture_curate.synthetic.writer import GENERATED_LAYOUTS
 
 __all__ = [
     "DUPLICATE_KINDS",
     "FRACTURE_KINDS",
+    "GENERATED_LAYOUTS",
     "LABELS_CSV",
-    "LAYOUTS",
     "PLANTED_CSV",
     "PLANTED_KINDS",
     "RECORD_COLUMNS",

@@ -22,8 +22,8 @@ from fracture_curate.synthetic.record import (
     write_csv,
 )
 from fracture_curate.synthetic.writer import (
+    GENERATED_LAYOUTS,
     LAYOUT_SPLITS,
-    LAYOUTS,
     MURA_LABELS,
     DatasetWriter,
     encode,
@@ -90,8 +90,10 @@ def _check_args(
     plant_counts: Mapping[str, int] | None,
 ) -> None:
     """Raise ConfigError, naming what is allowed, for the first invalid argument."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout not in GENERATED_LAYOUTS:
+        raise ConfigError(
+            f"unknown layout {layout!r}; choose one of {', '.join(GENERATED_LAYOUTS)}"
+        )
     if isinstance(classes, str) or not classes:
         raise ConfigError("classes must be a non-empty sequence of class names")
     if len(set(classes)) != len(classes):

@@ -21,7 +21,7 @@ LAYOUT_SPLITS: dict[str, tuple[tuple[str | None, ...], tuple[float, ...]]] = {
     "csv": (("train", "val", "test"), (0.7, 0.15, 0.15)),
 }
 #: The layouts written: scan reads each, the csv one through its labels.csv.
-LAYOUTS: tuple[str, ...] = tuple(LAYOUT_SPLITS)
+GENERATED_LAYOUTS: tuple[str, ...] = tuple(LAYOUT_SPLITS)
 MURA_LABELS = ("positive", "negative")
 CSV_IMAGES = PurePosixPath("images")  #: the folder of every file of the csv layout
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
