@@ -34,8 +34,11 @@ _SPLIT_SYNONYMS = {
     "test": "test",
     "testing": "test",
 }
+#: The study labels of the MURA layout (``study1_positive``).
+MURA_LABELS = ("positive", "negative")
 _MURA_PATTERN = re.compile(
-    r"XR_(?P<region>[A-Za-z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_(?P<label>positive|negative)/"
+    r"XR_(?P<region>[A-Za-z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_"
+    rf"(?P<label>{'|'.join(MURA_LABELS)})/"
 )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.errors import ConfigError
+from fracture_curate.layouts import MURA_LABELS
 from fracture_curate.synthetic.drawing import draw_class_phantom, image_shape
 from fracture_curate.synthetic.planting import plant_all
 from fracture_curate.synthetic.record import (
@@ -24,7 +25,6 @@ from fracture_curate.synthetic.record import (
 from fracture_curate.synthetic.writer import (
     GENERATED_LAYOUTS,
     LAYOUT_SPLITS,
-    MURA_LABELS,
     DatasetWriter,
     encode,
     format_detail,
@@ -162,8 +162,9 @@ def _write_originals(writer: DatasetWriter, n_per_class: int) -> None:
 def _write_mura_originals(writer: DatasetWriter, n_per_label: int) -> None:
     """Patients with 1-3 studies of 1-3 images until each label has n_per_label images."""
     need = dict.fromkeys(MURA_LABELS, n_per_label)
+    (first, second), (first_share, _) = LAYOUT_SPLITS["mura"]
     while any(need.values()):
-        split = "train" if writer.rng.uniform() < 0.8 else "valid"
+        split = first if writer.rng.uniform() < first_share else second
         region = str(writer.rng.choice(MURA_REGIONS))
         patient = writer.new_patient()
         for _ in range(int(writer.rng.integers(1, 4))):

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from fracture_curate.layouts import layout_folder
+from fracture_curate.layouts import MURA_LABELS, layout_folder
 from fracture_curate.synthetic.record import RecordEntry
 
 #: Layout -> its split folder names and the share of the originals in each.
@@ -22,7 +22,6 @@ LAYOUT_SPLITS: dict[str, tuple[tuple[str | None, ...], tuple[float, ...]]] = {
 }
 #: The layouts written: scan reads each, the csv one through its labels.csv.
 GENERATED_LAYOUTS: tuple[str, ...] = tuple(LAYOUT_SPLITS)
-MURA_LABELS = ("positive", "negative")
 CSV_IMAGES = PurePosixPath("images")  #: the folder of every file of the csv layout
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
 PNG_LEVEL = 6  #: compress level of every PNG written, except the re-saved copies
