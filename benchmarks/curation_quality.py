@@ -27,7 +27,14 @@ from fracture_curate.manifest import manifest_path, read_manifest
 from fracture_curate.outliers import OutlierConfig, parse_contamination, score_outliers
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan
-from fracture_curate.synthetic import DUPLICATE_KINDS, generate_dataset, planted_vs_found
+from fracture_curate.schema import flags
+from fracture_curate.synthetic import (
+    DUPLICATE_KINDS,
+    generate_dataset,
+    planted_vs_found,
+    read_record,
+    source_families,
+)
 from fracture_curate.vectors import centred_unit_rows, embedding_matrix
 
 OUT = Path(__file__).parent / "out" / "quality"
@@ -49,7 +56,7 @@ def build(name: str, **generate: object) -> tuple[pd.DataFrame, pd.DataFrame, pd
         embed_manifest(manifests, EmbedConfig())
     scan = read_manifest(manifest_path(manifests, "scan"))
     embeddings = read_manifest(manifest_path(manifests, "embed"))
-    planted = pd.read_csv(data / "planted.csv", dtype=str)
+    planted = read_record(data)
     return scan, embeddings, planted, data
 
 
@@ -63,19 +70,17 @@ def grouped_pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def evaluate(frame: pd.DataFrame, planted: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Recall per planted kind (the report's planted-vs-found rules), and pair precision
+    """Recall per planted kind (the planted-vs-found rules the report uses too), and pair precision
     (grouped pairs from different originals are wrong)."""
     found = planted_vs_found(planted, frame)
     recall = found.loc[found.index.isin(TARGETS), ["planted", "found"]].astype(int)
     recall["recall"] = recall["found"] / recall["planted"]
     recall["target"] = [TARGETS[kind] for kind in recall.index]
-    planted = planted.set_index("path")
-    family = planted["source_path"].fillna(pd.Series(planted.index, index=planted.index))
-    by_path = frame.set_index("path")
+    family = source_families(planted)
     pairs = grouped_pairs(frame)
     wrong = sum(family.get(a, a) != family.get(b, b) for a, b in pairs)
-    originals = planted["kind"] == "original"
-    flagged_clean = by_path.loc[planted.index[originals], "is_outlier"].fillna(False).astype(bool)
+    originals = planted.loc[planted["kind"] == "original", "path"]
+    flagged_clean = flags(frame.set_index("path").loc[originals, "is_outlier"])
     scores = {
         "grouped pairs": len(pairs),
         "wrong pairs": wrong,

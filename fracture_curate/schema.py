@@ -154,6 +154,12 @@ def empty_columns(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     return result
 
 
+def flags(values: pd.Series) -> pd.Series:
+    """A nullable boolean column (``is_kept``, ``is_outlier``, ...) as plain booleans, null as
+    False: rows the stage did not judge are not flagged."""
+    return values.fillna(False).astype(bool)
+
+
 def column_type_problem(name: str, dtype: str | None, stored: pa.DataType) -> str | None:
     """Why a column stored with Parquet type ``stored`` cannot be the schema's ``dtype``, or
     None when it can. A column of nulls fits any dtype, and any column fits ``None``."""

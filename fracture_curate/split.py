@@ -15,7 +15,7 @@ from fracture_curate.errors import CurateError
 from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
-from fracture_curate.schema import SPLIT_COLUMNS, SPLITS, empty_columns
+from fracture_curate.schema import SPLIT_COLUMNS, SPLITS, empty_columns, flags
 
 _FLAG = Options((True, False))
 
@@ -56,7 +56,7 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
     details = pd.Series(pd.NA, index=frame.index, dtype="string")
 
     def mark(mask: pd.Series, kind: pd.Series | str, detail: pd.Series | str) -> None:
-        mask = mask.fillna(False).astype(bool) & reasons.isna()
+        mask = flags(mask) & reasons.isna()
         reasons[mask], details[mask] = kind, detail  # a Series is aligned on the index
 
     mark(frame["status"] != "ok", frame["status"], frame["reason"])

@@ -31,9 +31,9 @@ from fracture_curate.report.html import (
 )
 from fracture_curate.report.inputs import ReportInputs, Thumbnails
 from fracture_curate.scan import summarise_scan
-from fracture_curate.schema import STAGES
+from fracture_curate.schema import STAGES, flags
 from fracture_curate.split import split_summary, straddling_groups
-from fracture_curate.synthetic import PLANTED_CSV, planted_vs_found
+from fracture_curate.synthetic import PLANTED_CSV, planted_vs_found, read_record, source_families
 from fracture_curate.vectors import embedding_matrix, unit_rows
 
 
@@ -267,10 +267,9 @@ def split_section(inputs: ReportInputs) -> str:
 
 def planted_section(inputs: ReportInputs) -> str:
     """For a set made by `curate synth`: each planted kind against what the pipeline found."""
-    path = inputs.root / PLANTED_CSV if inputs.root is not None else None
-    if path is None or not path.is_file():
+    if inputs.root is None or not (inputs.root / PLANTED_CSV).is_file():
         return note(f"The dataset root has no {PLANTED_CSV}: it is not a generated set.")
-    record = pd.read_csv(path, dtype=str)
+    record = read_record(inputs.root)
     found = planted_vs_found(record, inputs.frame)
     extra = []
     if inputs.has("outliers"):
@@ -278,9 +277,8 @@ def planted_section(inputs: ReportInputs) -> str:
         flagged = inputs.frame[flags(inputs.frame["is_outlier"])]
         extra.append(f"{int((~flagged['path'].isin(planted)).sum())} flagged outliers")
     if inputs.has("dedupe"):
-        family = pd.Series(record["source_path"].fillna(record["path"]).to_numpy(), record["path"])
-        clustered = inputs.frame[inputs.frame["cluster_size"].fillna(1) > 1]
-        origin = clustered["path"].map(family).fillna(clustered["path"])
+        clustered = inputs.frame[inputs.frame["cluster_size"] > 1]
+        origin = clustered["path"].map(source_families(record)).fillna(clustered["path"])
         mixed = origin.groupby(clustered["cluster_id"]).nunique()
         extra.append(f"{int((mixed > 1).sum())} duplicate clusters joining unrelated originals")
     unplanted = note("Found without being planted: " + "; ".join(extra) + ".") if extra else ""
@@ -321,11 +319,6 @@ def cluster_strips(rows: pd.DataFrame, thumbnails: Thumbnails, limit: int) -> st
 def label_line(row: dict[str, Any]) -> str:
     """A row's label and source split, as caption HTML."""
     return f"{escape(text(row.get('label')))} &middot; {escape(text(row.get('source_split')))}"
-
-
-def flags(values: pd.Series) -> pd.Series:
-    """A nullable boolean column as plain booleans, null as False."""
-    return values.fillna(False).astype(bool)
 
 
 def _counted(values: pd.Series) -> str:

@@ -15,6 +15,8 @@ from fracture_curate.synthetic.record import (
     PLANTED_KINDS,
     RECORD_COLUMNS,
     planted_vs_found,
+    read_record,
+    source_families,
 )
 from fracture_curate.synthetic.writer import GENERATED_LAYOUTS
 
@@ -30,4 +32,6 @@ __all__ = [
     "draw_phantom",
     "generate_dataset",
     "planted_vs_found",
+    "read_record",
+    "source_families",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fracture_curate.manifest import atomic_path
+from fracture_curate.schema import flags
 
 PLANTED_KINDS: tuple[str, ...] = (
     "exact_copy",
@@ -73,6 +74,16 @@ def record_frame(entries: list[RecordEntry]) -> pd.DataFrame:
     return pd.DataFrame([entry.record() for entry in entries], columns=list(RECORD_COLUMNS))
 
 
+def read_record(root: str | Path) -> pd.DataFrame:
+    """The record of a generated set: ``root/planted.csv``, every column as text."""
+    return pd.read_csv(Path(root) / PLANTED_CSV, dtype=str)
+
+
+def source_families(record: pd.DataFrame) -> pd.Series:
+    """Path -> the original it was made from: a copy's ``source_path``, else the path itself."""
+    return pd.Series(record["source_path"].fillna(record["path"]).to_numpy(), index=record["path"])
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` atomically (a killed run never leaves a torn file)."""
     with atomic_path(path) as temp:
@@ -102,7 +113,7 @@ def planted_vs_found(record: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
         elif kind == "outlier":
             how = "flagged as an outlier"
             if "is_outlier" in rows:
-                found = rows["is_outlier"].reindex(paths).fillna(False).astype(bool)
+                found = flags(rows["is_outlier"].reindex(paths))
             else:
                 how += " (run curate outliers)"
         elif group["source_path"].notna().all():
@@ -110,7 +121,7 @@ def planted_vs_found(record: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
             if "cluster_id" in rows:
                 copy = rows["cluster_id"].reindex(paths).reset_index(drop=True)
                 source = rows["cluster_id"].reindex(group["source_path"]).reset_index(drop=True)
-                found = pd.Series(copy.eq(source).fillna(False).astype(bool).to_numpy(), paths)
+                found = pd.Series(flags(copy.eq(source)).to_numpy(), paths)
             else:
                 how += " (run curate dedupe)"
         else:
