@@ -174,7 +174,8 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
 def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A stage's manifest in ``directory`` and its provenance, checked by :func:`read_manifest`."""
     path = manifest_path(directory, stage)
-    return read_manifest(path, stage=stage), read_provenance(path)
+    provenance = check_manifest(path, stage=stage)
+    return pd.read_parquet(path), provenance
 
 
 def check_chain(path: str | Path) -> None:
@@ -245,9 +246,17 @@ def dataset_root(provenance: dict[str, Any], override: str | Path | None = None)
 def read_manifest(
     path: str | Path, *, stage: str | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """Read a manifest (or its ``columns``). With ``stage``: check that the stage wrote it, that
-    it was made from the manifests now beside it (:func:`check_chain`) and that its columns (or
-    the ``columns`` read) are the schema's."""
+    """Read a manifest (or its ``columns``), checked by :func:`check_manifest`."""
+    check_manifest(path, stage=stage, columns=columns)
+    return pd.read_parquet(path, columns=columns)
+
+
+def check_manifest(
+    path: str | Path, *, stage: str | None = None, columns: list[str] | None = None
+) -> dict[str, Any]:
+    """A manifest's provenance, once it is known to be one. With ``stage``: check that the stage
+    wrote it, that it was made from the manifests now beside it (:func:`check_chain`) and that
+    its columns (or ``columns``) are the schema's. Reads the file's metadata, not its rows."""
     path = Path(path)
     if not path.exists():
         hint = f" Run `curate {stage}` first." if stage else ""
@@ -261,4 +270,4 @@ def read_manifest(
         check_chain(path)
         if stage in (*TABLE_STAGES, "embed"):
             check_columns(path, stage, columns)
-    return pd.read_parquet(path, columns=columns)
+    return provenance

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from fracture_curate.dataset_files import ScannedFile, shown_path
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8
-from fracture_curate.manifest import ManifestError, manifest_path, read_stage, recorded_root
+from fracture_curate.manifest import ManifestError, check_manifest, manifest_path, recorded_root
 from fracture_curate.report.html import data_uri, note
 from fracture_curate.schema import STAGES, TABLE_STAGES
 
@@ -41,10 +41,11 @@ class ReportInputs:
 
 
 def read_inputs(manifests: Path, *, show_paths: bool = False) -> ReportInputs:
-    """Scan (required) and every later manifest that can be read; why the others cannot, with
-    the manifests folder named by its last part unless ``show_paths``."""
-    frame, scan_provenance = read_stage(manifests, "scan")
-    provenance, problems, tables = {"scan": scan_provenance}, {}, {"scan": frame}
+    """Scan (required) and every later manifest that passes its checks; why the others do not,
+    with the manifests folder named by its last part unless ``show_paths``. Of the row tables
+    only the latest is read (each holds the columns of those before it)."""
+    provenance = {"scan": check_manifest(manifest_path(manifests, "scan"), stage="scan")}
+    problems = {}
     folder = shown_path(manifests, show_paths)
     for stage in STAGES[1:]:
         path = manifest_path(manifests, stage)
@@ -52,21 +53,21 @@ def read_inputs(manifests: Path, *, show_paths: bool = False) -> ReportInputs:
             problems[stage] = f"no {path.name} in {folder}"
             continue
         try:
-            tables[stage], provenance[stage] = read_stage(manifests, stage)
+            provenance[stage] = check_manifest(path, stage=stage)
         except ManifestError as error:
             message = str(error)
             for whole in {str(Path(manifests).resolve()), str(Path(manifests).absolute())}:
                 message = message.replace(whole, folder)  # a relative path names no folder above
             problems[stage] = message
-    embeddings = tables.pop("embed", None)
-    latest = list(tables)[-1]
+    latest = [stage for stage in TABLE_STAGES if stage in provenance][-1]
+    embed = manifest_path(manifests, "embed")
     return ReportInputs(
-        frame=tables[latest],
+        frame=pd.read_parquet(manifest_path(manifests, latest)),
         stage=latest,
-        embeddings=embeddings,
+        embeddings=pd.read_parquet(embed) if "embed" in provenance else None,
         provenance=provenance,
         problems=problems,
-        root=recorded_root(scan_provenance),
+        root=recorded_root(provenance["scan"]),
     )
 
 
