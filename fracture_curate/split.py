@@ -146,9 +146,9 @@ def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.D
     splits = np.full(len(eligible), None, dtype=object)
     todo = np.ones(len(eligible), dtype=bool)
     if config.keep_source_splits:
-        source = eligible["source_split"].to_numpy(dtype=object)
-        known = np.isin(source, SPLITS)
-        splits[known], todo = source[known], ~known
+        known = eligible["source_split"].isin(SPLITS).to_numpy()  # null or another name: not
+        splits[known] = eligible.loc[known, "source_split"].to_numpy(dtype=object)
+        todo = ~known
     if todo.any():
         splits[todo] = assign_splits(labels[todo], groups[todo], config)
     result.loc[eligible.index, "group_id"] = groups

@@ -95,15 +95,16 @@ def test_outliers_leave_the_split_only_when_asked():
 
 
 def test_each_exclusion_has_its_kind_and_its_detail():
+    # Rows 6 and 7 have two reasons each; the first kind that applies wins.
     frame = curated_table(
-        ["a", "a", "b", "b", None, "a"],
-        status=["ok", "ok", "ok", "truncated", "ok", "ok"],
-        reason=[None, None, None, "the data stops early", None, None],
-        cluster_id=[0, 0, 2, 3, 4, 5],
-        cluster_size=[2, 2, 1, 1, 1, 1],
-        is_kept=[True, False, True, True, True, True],
-        duplicate_of=[None, f"{0:064x}", None, None, None, None],
-        label_conflict=[False, False, False, False, False, True],
+        ["a", "a", "b", "b", None, "a", None, "b"],
+        status=["ok", "ok", "ok", "truncated", "ok", "ok", "truncated", "ok"],
+        reason=[None, None, None, "the data stops early", None, None, "cut", None],
+        cluster_id=[0, 0, 2, 3, 4, 5, 6, 5],
+        cluster_size=[2, 2, 1, 1, 1, 2, 1, 2],
+        is_kept=[True, False, True, True, True, True, True, False],
+        duplicate_of=[None, f"{0:064x}", None, None, None, None, None, f"{5:064x}"],
+        label_conflict=[False, False, False, False, False, True, False, True],
     )
     reasons = exclusions(frame, drop_outliers=False)
     assert reasons["excluded_reason"].fillna("-").tolist() == [
@@ -113,10 +114,13 @@ def test_each_exclusion_has_its_kind_and_its_detail():
         "truncated",
         "no_label",
         "label_conflict",
+        "truncated",  # and no label
+        "label_conflict",  # and a copy not kept
     ]
     assert reasons.loc[1, "excluded_detail"] == "copy of a/0000.png"
     assert reasons.loc[3, "excluded_detail"] == "the data stops early"
-    assert reasons.loc[5, "excluded_detail"] == "labels a in one duplicate cluster"
+    assert reasons.loc[6, "excluded_detail"] == "cut"
+    assert reasons.loc[5, "excluded_detail"] == "labels a, b in one duplicate cluster"
     assert set(reasons["excluded_reason"].dropna()) <= set(EXCLUSION_KINDS)
 
 
@@ -130,14 +134,25 @@ def test_keeping_the_source_splits_keeps_them_and_reports_their_leakage():
     assert (result["split"] == result["source_split"]).all()
     straddling = straddling_groups(result)
     assert len(straddling) == 1 and straddling.iloc[0]["splits"] == "train, val"
+    unknown = ["train", "val", "test", "holdout", None] * 8  # no split, or one not ours
+    frame = curated_table(["a", "b"] * 20, source_split=unknown)
+    result = make_split(frame, SplitConfig(keep_source_splits=True, seed=1))
+    known = frame["source_split"].isin(["train", "val", "test"])
+    assert (result.loc[known, "split"] == frame.loc[known, "source_split"]).all()
+    assert result.loc[~known, "split"].isin(["train", "val", "test"]).all()  # split afresh
+    assert result.loc[~known, "split"].nunique() > 1
 
 
 def test_the_split_summary_counts_each_label_in_each_split():
-    result = make_split(curated_table(["a", "b"] * 30), SplitConfig())
+    result = make_split(curated_table(["a"] * 20 + ["b"] * 40), SplitConfig())
     summary = split_summary(result)
     assert list(summary.columns) == ["train", "val", "test", "total"]
     assert summary.loc["total", "total"] == 60
-    assert summary.loc["a", "total"] == 30
+    assert summary.loc["a", "total"] == 20
+    for label in ("a", "b"):
+        for split in ("train", "val", "test"):  # each cell under its own split's heading
+            in_cell = ((result["label"] == label) & (result["split"] == split)).sum()
+            assert summary.loc[label, split] == in_cell
 
 
 def test_impossible_splits_are_clear_errors():
