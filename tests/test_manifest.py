@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -154,8 +155,17 @@ def write_scan_and_dedupe(folder, scan_params: dict) -> dict:
 
 
 def test_a_later_stage_carries_the_dataset_root_forward(tmp_path):
-    write_scan_and_dedupe(tmp_path, {"root": "/data/xrays"})
+    provenance = write_scan_and_dedupe(tmp_path, {"root": "/data/xrays"})
     assert read_provenance(manifest_path(tmp_path, "dedupe"))["params"]["root"] == "/data/xrays"
+    moved = {"root": "/data/moved"}  # a stage run with --root records the folder it was given
+    write_stage(
+        curated_table(["a"], "dedupe"),
+        tmp_path,
+        "dedupe",
+        params=moved,
+        inputs={"scan": provenance},
+    )
+    assert read_provenance(manifest_path(tmp_path, "dedupe"))["params"]["root"] == "/data/moved"
 
 
 def test_one_writer_at_a_time_and_the_lock_goes_with_its_holder(tmp_path):
@@ -174,16 +184,26 @@ def test_one_writer_at_a_time_and_the_lock_goes_with_its_holder(tmp_path):
     assert (tmp_path / LOCK_FILE).read_text() == ""
 
 
-def test_what_a_manifest_records_beside_its_table(tmp_path):
+def test_what_a_manifest_records_beside_its_table(tmp_path, monkeypatch):
     frame = curated_table(["a", "b"], stage="scan").set_axis([5, 7])  # an index is not a column
     details = {"failed": {"abc": ["changed", "it changed"]}}
-    path = write_manifest(
-        frame, tmp_path / "scan.parquet", stage="scan", params={"root": tmp_path}, details=details
-    )
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # a local time that is not UTC ...
+    time.tzset()
+    try:
+        path = write_manifest(
+            frame,
+            tmp_path / "scan.parquet",
+            stage="scan",
+            params={"root": tmp_path},
+            details=details,
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     provenance = read_provenance(path)
     assert provenance["details"] == details and provenance["params"]["root"] == str(tmp_path)
     created = datetime.fromisoformat(provenance["created"])
-    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
+    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0  # ... not used
     assert list(pq.read_schema(path).names) == list(frame.columns)
     plain = write_manifest(frame, tmp_path / "plain.parquet", stage="scan", params={})
     assert read_provenance(plain)["details"] == {}

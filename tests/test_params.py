@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from fracture_curate.cli import app as curate
 from fracture_curate.dedupe import DedupeConfig
 from fracture_curate.display import clean_errors
 from fracture_curate.embed import EmbedConfig
@@ -18,6 +19,7 @@ from fracture_curate.params import Interval, Options
 from fracture_curate.scan import ScanConfig
 from fracture_curate.split import SplitConfig
 from fracture_train.checkpoint import CheckpointError
+from fracture_train.cli import app as train
 from fracture_train.config import TrainConfig
 from fracture_train.models import ModelError
 from fracture_train.rows import DataError
@@ -70,10 +72,32 @@ def train_config(**changes: object) -> TrainConfig:
     return TrainConfig(manifest=Path("split.parquet"), out=Path("run"), **changes)
 
 
-def test_the_defaults_are_valid():
-    for config in (ScanConfig(), EmbedConfig(), DedupeConfig(), OutlierConfig(), SplitConfig()):
-        assert config == type(config)()
-    assert train_config().epochs == TrainConfig.epochs
+def test_the_command_lines_take_their_defaults_from_the_configs():
+    """Each option's default is its config field's (configs of the defaults are valid)."""
+    commands = typer.main.get_command(curate).commands
+    configs = {
+        "scan": ScanConfig(),
+        "embed": EmbedConfig(),
+        "dedupe": DedupeConfig(),
+        "outliers": OutlierConfig(),
+        "split": SplitConfig(),
+    }
+    fields = {"embeddings": "use_embeddings", "labels": "labels_csv"}  # option -> field
+    compared = 0
+    for name, config in configs.items():
+        for option in commands[name].params:
+            field = fields.get(option.name, option.name)
+            if hasattr(config, field):
+                value = getattr(config, field)
+                assert option.default == (",".join(value) if isinstance(value, tuple) else value)
+                compared += 1
+    config = train_config()
+    given = {"manifest", "out", "workers"}  # required, or -1 standing for "automatic"
+    for option in typer.main.get_command(train).params:
+        if hasattr(config, option.name) and option.name not in given:
+            assert option.default == getattr(config, option.name), option.name
+            compared += 1
+    assert compared > 40
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app as curate
-from fracture_curate.dedupe import DedupeConfig, run_dedupe
+from fracture_curate.dedupe import DedupeConfig, deduplicate, run_dedupe
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import (
     ManifestError,
@@ -148,8 +148,10 @@ def test_symlinks_are_followed_inside_the_root_only_and_the_rest_reported(tmp_pa
     (root / "b").symlink_to(outside / "b", target_is_directory=True)  # a class folder outside
     (root / "c").symlink_to(root / "a", target_is_directory=True)  # a class folder inside
     (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    sibling = write_images(tmp_path / "data-private", 1)[0]  # its path starts with the root's
+    (root / "a" / "sibling.png").symlink_to(sibling)
     frame = scan_dataset(root, workers=1).frame.set_index("path")
-    outside_rows = frame.loc[["a/outside.png", "a/passwd", "b"]]
+    outside_rows = frame.loc[["a/outside.png", "a/passwd", "b", "a/sibling.png"]]
     assert (outside_rows["status"] == "outside_root").all()
     assert outside_rows["image_id"].isna().all() and outside_rows["bytes"].isna().all()
     assert "outside the dataset root" in frame.loc["b", "reason"]
@@ -412,13 +414,19 @@ def test_degenerate_images_get_a_status_and_match_nothing(tmp_path):
     save_gray(data / "a/line.png", noise_image(3, size=(40, 6000)))
     save_gray(data / "a/black.png", np.zeros((300, 300), np.uint8))
     save_gray(data / "a/grey.png", np.full((300, 300), 128, np.uint8))
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(data / "a/black2.png", compress_level=1)
     write_images(data / "a", 3)
-    frame = scan_dataset(data, workers=1).frame.set_index("path")
-    odd = frame.loc[["a/tiny.png", "a/line.png", "a/black.png", "a/grey.png"]]
+    scan = scan_dataset(data, workers=1).frame
+    frame = scan.set_index("path")
+    blank = ["a/black.png", "a/black2.png", "a/grey.png"]
+    odd = frame.loc[["a/tiny.png", "a/line.png", *blank]]
     assert (odd["status"] == "degenerate").all(), odd[["status", "reason"]]
     assert "smaller than 32" in odd.loc["a/tiny.png", "reason"]
     assert "longer than 10 times" in odd.loc["a/line.png", "reason"]
-    assert odd.loc[["a/black.png", "a/grey.png"], "reason"].str.contains("blank").all()
+    assert odd.loc[blank, "reason"].str.contains("blank").all()
+    pixels_only = DedupeConfig(use_embeddings=False, geometry=False)
+    deduped = deduplicate(scan, None, pixels_only).set_index("path")
+    assert deduped.loc[blank, "cluster_id"].isna().all()  # the two black files are no copies
 
 
 def test_a_report_on_the_current_folder_names_it_and_keeps_its_messages_whole(
