@@ -24,8 +24,14 @@ from fracture_curate.display import (
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.layouts import LAYOUTS
 from fracture_curate.manifest import manifest_path
-from fracture_curate.outliers import OutlierConfig, parse_contamination, run_outliers
-from fracture_curate.scan import ScanConfig, run_scan, summarise_scan
+from fracture_curate.outliers import (
+    OutlierConfig,
+    parse_contamination,
+    run_outliers,
+    summarise_outliers,
+)
+from fracture_curate.scan import ScanConfig, patient_lines, run_scan, summarise_scan
+from fracture_curate.schema import flags
 from fracture_curate.split import SplitConfig, run_split, split_summary, straddling_groups
 from fracture_curate.synthetic import (
     FRACTURE_KINDS,
@@ -102,6 +108,21 @@ def scan(
     max_pixels: Annotated[
         int, typer.Option(help="Decompression-bomb guard: larger images are refused.")
     ] = ScanConfig.max_pixels,
+    patient_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regex searched in each path relative to ROOT, with a group (?P<patient>...) "
+            "and optionally (?P<study>...): sets the patient (and study) of the files it "
+            "matches, over the labels CSV, the layout and the known naming schemes.",
+        ),
+    ] = ScanConfig.patient_pattern,
+    auto_patients: Annotated[
+        bool,
+        typer.Option(
+            help="Read patients from the file names of known public sets (Kermany pediatric "
+            "chest X-ray, NIH ChestX-ray14, CheXpert) when most files follow one.",
+        ),
+    ] = ScanConfig.auto_patients,
 ) -> None:
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
     with clean_errors():
@@ -110,6 +131,8 @@ def scan(
             labels_csv=labels,
             formats=tuple(f for f in formats.split(",") if f.strip()),
             max_pixels=max_pixels,
+            patient_pattern=patient_pattern,
+            auto_patients=auto_patients,
         )
         with make_progress("files") as progress:
             result = run_scan(
@@ -117,6 +140,8 @@ def scan(
             )
         path = manifest_path(out, "scan")
     console.print(emphasised("layout: ", result.layout))
+    for line, is_warning in patient_lines(result):
+        console.print(warning(line) if is_warning else line)
     kept = int((result.frame["status"] == "ok").sum())
     if kept == 0:
         found = f"{len(result.frame)} file(s)" if len(result.frame) else "no file"
@@ -245,7 +270,7 @@ def dedupe(
         float,
         typer.Option(
             help="Min cosine similarity of centred, normalised embeddings for a match "
-            "(catches crops, small rotations, brightness changes).",
+            "(re-encoded, resized or brightened copies that the hash misses).",
         ),
     ] = DedupeConfig.cosine_threshold,
     embeddings: Annotated[
@@ -262,6 +287,20 @@ def dedupe(
         int,
         typer.Option(help="Min keypoints one similarity transform must match for a copy."),
     ] = DedupeConfig.geometry_threshold,
+    copy_share: Annotated[
+        float,
+        typer.Option(
+            help="Min share of the keypoint matches on that transform for a copy (0-1); "
+            "another film of the same anatomy matches fewer of them.",
+        ),
+    ] = DedupeConfig.copy_share,
+    related_threshold: Annotated[
+        int,
+        typer.Option(
+            help="Min keypoints on one transform for two films to be related (kept, split "
+            "together) when they are not copies.",
+        ),
+    ] = DedupeConfig.related_threshold,
     root: RootOption = None,
 ) -> None:
     """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
@@ -271,6 +310,9 @@ def dedupe(
     nearest neighbours for crops and small rotations. The kept copy is the largest, lossless
     over lossy.
     Clusters whose copies carry different labels are flagged as label conflicts.
+    The geometric check also finds related images: other films of the same anatomy (a
+    follow-up, a second exposure). They are not copies: all are kept, in one related group that
+    the split keeps together.
     """
     with clean_errors():
         config = DedupeConfig(
@@ -279,6 +321,8 @@ def dedupe(
             use_embeddings=embeddings,
             geometry=geometry,
             geometry_threshold=geometry_threshold,
+            copy_share=copy_share,
+            related_threshold=related_threshold,
         )
         with make_progress("img") as progress:
             frame = run_dedupe(manifests, config, root=root, on_progress=ProgressBars(progress))
@@ -306,16 +350,30 @@ def outliers(
     components: Annotated[
         float,
         typer.Option(
-            help="PCA: explained variance to keep (below 1) or a number of components (1 or more).",
+            help="PCA: explained variance to keep (below 1; at most the square root of the "
+            "number of images, and 50) or a number of components (1 or more).",
         ),
     ] = OutlierConfig.components,
     contamination: Annotated[
         str,
         typer.Option(
-            help="How scores become flags: 'robust' (modified z-score of the score > 3.5), "
+            help="How Isolation Forest scores become flags: 'robust' (modified z-score > 4.5), "
             "'auto' (Isolation Forest's fixed offset) or an expected outlier fraction in (0, 0.5].",
         ),
     ] = str(OutlierConfig.contamination),
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            help="Nearest images the neighbour view measures the mean distance to.",
+        ),
+    ] = OutlierConfig.neighbours,
+    checks: Annotated[
+        bool,
+        typer.Option(
+            help="Flag colour pictures among grayscale radiographs, blank images and absurd "
+            "sizes or shapes.",
+        ),
+    ] = OutlierConfig.checks,
     per_class: Annotated[
         bool,
         typer.Option(help="Score each class on its own: finds images unlike their own class."),
@@ -324,26 +382,32 @@ def outliers(
         OutlierConfig.seed
     ),
 ) -> None:
-    """Score every image for strangeness (PCA + Isolation Forest) into MANIFESTS/outliers.parquet.
+    """Flag the images that do not belong into MANIFESTS/outliers.parquet, each with its reason.
 
-    Outliers are flagged only; `curate split --drop-outliers` leaves them out of the split.
+    Two views of the embeddings (PCA + Isolation Forest; distance to the nearest images) and
+    checks of what a radiograph is (colour, blank, size). Outliers are flagged only;
+    `curate split --drop-outliers` leaves them out of the split.
     """
     with clean_errors():
         config = OutlierConfig(
             components=components,
             contamination=parse_contamination(contamination),
+            neighbours=neighbours,
+            checks=checks,
             per_class=per_class,
             seed=seed,
         )
         frame = run_outliers(manifests, config)
-    flagged = frame[frame["is_outlier"]]  # a null flag selects nothing
+    flagged = frame[flags(frame["is_outlier"])].drop_duplicates("image_id")
     flagged = flagged.sort_values("outlier_score", ascending=False)
     console.print(
-        f"{len(flagged)} outlier(s) flagged among {int(frame['is_outlier'].notna().sum())} images"
+        f"{len(flagged)} outlier(s) flagged among "
+        f"{frame.loc[frame['is_outlier'].notna(), 'image_id'].nunique()} images"
     )
     if not flagged.empty:
-        top = flagged.set_index("path")[["label", "outlier_score"]].head(10)
-        console.print(frame_table(top, "Strangest images"))
+        console.print(frame_table(summarise_outliers(frame), "Flagged by"))
+        columns = ["label", "outlier_reason", "outlier_score"]
+        console.print(frame_table(flagged.set_index("path")[columns].head(10), "Flagged images"))
     console.print(f"wrote {manifest_path(manifests, 'outliers')}")
 
 

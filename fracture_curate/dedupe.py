@@ -2,7 +2,12 @@
 
 Layers: identical bytes (``image_id``); identical pixels (``pixel_sha256``); a perceptual hash that
 sees through flips and 90-degree rotations; cosine similarity of centred, L2-normalised MobileNetV2
-embeddings. Clusters are the connected components of all matched pairs.
+embeddings; geometric verification of nearest neighbours (crops, small turns). Clusters are the
+connected components of all matched pairs, and one copy of each is kept.
+
+Geometric verification also finds related images: other films of the same anatomy (a follow-up,
+a second exposure) that are not copies. They are all kept, and grouped (``related_group``) so that
+the split keeps them together.
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
-from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
+from fracture_curate.geometry import (
+    COPY_INLIERS,
+    COPY_SHARE,
+    RELATED_INLIERS,
+    PairEvidence,
+    verify_pairs,
+)
 from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
@@ -44,7 +55,9 @@ class DedupeConfig:
     geometry: bool = True  #: verify nearest neighbours with SIFT + RANSAC (crops, small turns)
     geometry_neighbours: int = 16  #: nearest neighbours per file checked geometrically
     geometry_floor: float = 0.5  #: min plain embedding cosine for a neighbour to be checked
-    geometry_threshold: int = GEOMETRY_THRESHOLD  #: min matched keypoints for a copy
+    geometry_threshold: int = COPY_INLIERS  #: min keypoints on one transform for a copy
+    copy_share: float = COPY_SHARE  #: min share of the matches on that transform for a copy
+    related_threshold: int = RELATED_INLIERS  #: min keypoints on one transform for related films
     block: int = 2048  #: side of the similarity search's square tiles
 
     CONSTRAINTS: ClassVar[Constraints] = {
@@ -55,6 +68,8 @@ class DedupeConfig:
         "geometry_neighbours": Interval(1, integer=True),
         "geometry_floor": Interval(-1, 1),
         "geometry_threshold": Interval(1, integer=True),
+        "copy_share": Interval(0, 1),
+        "related_threshold": Interval(1, integer=True),
         "block": Interval(1, integer=True),
     }
 
@@ -80,6 +95,21 @@ class Pairs:
         )
 
 
+@dataclass(frozen=True)
+class RelatedPairs:
+    """Pairs of row positions that show the same anatomy without being copies, with the
+    geometric evidence."""
+
+    left: np.ndarray
+    right: np.ndarray
+    evidence: PairEvidence
+
+    @classmethod
+    def none(cls) -> RelatedPairs:
+        empty = np.empty(0, dtype=np.int64)
+        return cls(empty, empty, PairEvidence(empty, empty))
+
+
 def exact_pairs(keys: pd.Series, kind: str) -> Pairs:
     """Pairs of rows that share a key (bytes or pixel hash): similarity 1."""
     left, right = chain_pairs(keys)
@@ -93,8 +123,9 @@ def find_pairs(
     *,
     root: Path | None = None,
     on_progress: ProgressCallback | None = None,
-) -> Pairs:
-    """Every matched pair among the rows of ``scan`` (positions), layer by layer.
+) -> tuple[Pairs, RelatedPairs]:
+    """Every matched pair among the rows of ``scan`` (positions), layer by layer, and the pairs
+    of related images the geometry layer found.
 
     The geometry layer needs the images, so it runs only when ``root`` is given.
     """
@@ -109,7 +140,7 @@ def find_pairs(
             parts.append(_layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS))
 
     if embeddings is None or len(embeddings) < 2:
-        return Pairs.concat(parts)
+        return Pairs.concat(parts), RelatedPairs.none()
     # Embedding cosine, and geometric verification of each file's nearest neighbours.
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
@@ -118,17 +149,42 @@ def find_pairs(
     unit = centred_unit_rows(vectors)
     for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
         parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
-    if config.geometry and root is not None:
-        # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences
-        # a turned copy has, and ranked some sources below their copy's 10th neighbour.
-        i, j, _ = nearest_neighbours(
-            unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
-        )
-        scores = verify_pairs(scanned_files(files, root), i, j, on_progress=on_progress)
-        i, j = i[scores >= config.geometry_threshold], j[scores >= config.geometry_threshold]
-        similarity = np.einsum("ij,ij->i", unit[i], unit[j])
-        parts.append(_layer_pairs(positions, i, j, "geometry", similarity))
-    return Pairs.concat(parts)
+    if not config.geometry or root is None:
+        return Pairs.concat(parts), RelatedPairs.none()
+    # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
+    # turned copy has, and ranked some sources below their copy's 10th neighbour.
+    i, j, _ = nearest_neighbours(
+        unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
+    )
+    evidence = verify_pairs(scanned_files(files, root), i, j, on_progress=on_progress)
+    copies = evidence.copies(config.geometry_threshold, config.copy_share)
+    similarity = np.einsum("ij,ij->i", unit[i[copies]], unit[j[copies]])
+    parts.append(_layer_pairs(positions, i[copies], j[copies], "geometry", similarity))
+    linked = evidence.related(
+        config.related_threshold, config.geometry_threshold, config.copy_share
+    )
+    related = RelatedPairs(
+        positions[i[linked]],
+        positions[j[linked]],
+        PairEvidence(evidence.inliers[linked], evidence.matches[linked]),
+    )
+    return _without(Pairs.concat(parts), related, scan["image_id"]), related
+
+
+def _without(pairs: Pairs, related: RelatedPairs, image_ids: pd.Series) -> Pairs:
+    """``pairs`` less the similarity matches (pHash, embedding) of files that the geometry layer
+    found to be different films of one anatomy: two films look alike, but are not copies."""
+    if len(related.left) == 0:
+        return pairs
+    codes = pd.factorize(image_ids)[0]
+
+    def keys(left: np.ndarray, right: np.ndarray) -> pd.MultiIndex:
+        a, b = codes[left], codes[right]
+        return pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)])
+
+    similar = np.isin(pairs.kind, [MATCH_KINDS.index("phash"), MATCH_KINDS.index("embedding")])
+    vetoed = similar & keys(pairs.left, pairs.right).isin(keys(related.left, related.right))
+    return Pairs(*(getattr(pairs, f)[~vetoed] for f in Pairs.__dataclass_fields__))
 
 
 def _layer_pairs(
@@ -182,7 +238,7 @@ def deduplicate(
     if ok.empty:
         return result
     root = Path(root) if root else None
-    pairs = find_pairs(ok, embeddings, config, root=root, on_progress=on_progress)
+    pairs, related = find_pairs(ok, embeddings, config, root=root, on_progress=on_progress)
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)
@@ -211,11 +267,55 @@ def deduplicate(
             "label_conflict": ok["label"].groupby(components).transform("nunique") > 1,
         },
         index=ok.index,  # rows without a match get nulls
-    )
+    ).join(related_columns(components, related, ok["image_id"]))
     positions = scan.index[scan["status"] == "ok"]
     for column, dtype in DEDUPE_COLUMNS.items():
         result.loc[positions, column] = columns[column].astype(dtype).to_numpy()
     return result
+
+
+def related_columns(
+    components: np.ndarray, related: RelatedPairs, image_ids: pd.Series
+) -> pd.DataFrame:
+    """``related_group``, ``related_to`` and ``related_evidence`` for rows whose duplicate
+    cluster holds another film of the same anatomy as another cluster (rows of ``image_ids``;
+    ``components`` are their duplicate clusters).
+
+    A related group joins the clusters that related pairs link, copies included; each row of a
+    related pair names its most strongly related partner and the evidence.
+    """
+    apart = components[related.left] != components[related.right]  # copies after all
+    left, right = related.left[apart], related.right[apart]
+    inliers, matches = related.evidence.inliers[apart], related.evidence.matches[apart]
+    columns = pd.DataFrame(index=image_ids.index, columns=["related_group"], dtype="Int64")
+    if len(left) == 0:
+        return columns.assign(related_to=pd.NA, related_evidence=pd.NA)
+    _, groups = connected_groups(int(components.max()) + 1, components[left], components[right])
+    linked = np.zeros(len(groups), dtype=bool)
+    linked[groups[components[left]]] = True
+    row_groups = groups[components]
+    columns["related_group"] = pd.Series(row_groups, index=image_ids.index, dtype="Int64").where(
+        linked[row_groups]
+    )
+    edges = pd.DataFrame(
+        {
+            "row": np.concatenate([left, right]),
+            "partner": image_ids.to_numpy()[np.concatenate([right, left])],
+            "inliers": np.tile(inliers, 2),
+            "matches": np.tile(matches, 2),
+        }
+    ).sort_values(["inliers", "partner"], ascending=[False, True])
+    best = edges.drop_duplicates("row").set_index("row")
+    columns["related_to"] = best["partner"]
+    columns["related_evidence"] = (
+        best["inliers"].astype(str)
+        + " keypoints on one transform, "
+        + (100 * best["inliers"] / best["matches"]).round().astype(int).astype(str)
+        + "% of "
+        + best["matches"].astype(str)
+        + " matches"
+    )
+    return columns
 
 
 def leakage(frame: pd.DataFrame) -> pd.DataFrame:
@@ -244,6 +344,7 @@ def summarise_dedupe(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "duplicate clusters": clustered["cluster_id"].nunique(),
             "copies not kept": len(copies),
             "label-conflict clusters": conflicts["cluster_id"].nunique(),
+            "related groups (other films, all kept)": frame["related_group"].nunique(),
             "kept": int(frame["is_kept"].sum()),
         }
     )

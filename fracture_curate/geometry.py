@@ -11,9 +11,15 @@ strongest SIFT keypoints (OpenCV), found with a very low contrast floor so that 
 radiographs yield their full quota: the fine texture (grain, noise, trabecular pattern) is exactly
 what a copy shares with its source and a different picture does not. A pair's descriptors are
 matched with Lowe's ratio test, kept one-to-one, and a similarity transform is fitted with RANSAC.
-The score is the number of distinct keypoints that the transform carries onto their match, or 0
-when the transform is implausible (a degenerate fit, a large zoom or rotation). Copies score in
-the tens to hundreds; different images that merely look alike in single digits.
+The evidence for a pair is the number of distinct keypoints that the transform carries onto
+their match (0 when the transform is implausible: a degenerate fit, a large zoom or rotation) and
+the number of ratio-test matches it was fitted to.
+
+Two kinds of pair pass. A copy (the same acquisition, re-encoded, resized, turned or cropped)
+shares its source's grain, so one transform explains most of the matches. Another film of the
+same anatomy (a follow-up, a second exposure) shares only the anatomy: the anatomy's landmarks
+match, but the new projection, the soft tissue and the new grain leave most matches off any
+single transform. Different images that merely look alike match in single digits.
 """
 
 from __future__ import annotations
@@ -42,12 +48,17 @@ MAX_ROTATION_DEGREES = 20.0  #: larger turns are not "small"; flips and 90s are 
 #: Plausible zoom between two pictures, each measured in units of its own long side (so a resized
 #: copy has zoom 1, a crop zooms in, a turn with an expanded canvas zooms out).
 SCALE_RANGE = (0.67, 1.5)
-#: Minimum score (distinct inlier keypoints) to call a pair the same picture. On the phantoms of
-#: benchmarks/curation_quality.py and two larger sets like them, turned and cropped copies scored
-#: >= 92, every planted copy kind but flips and 90-degree turns >= 24, and all 15,110 top-10
-#: candidate pairs of different phantoms <= 8; turned, cropped and shrunk copies of a real ankle
-#: radiograph scored 49-73, its mirror image and a chest radiograph 0.
-GEOMETRY_THRESHOLD = 20
+#: A copy: at least COPY_INLIERS keypoints on one transform, and at least COPY_SHARE of the
+#: ratio-test matches. Measured by benchmarks/related_films.py (benchmarks/README.md): copies
+#: (crop, turn, half size, JPEG, brightness) of two real radiographs 37-427 inliers and 0.55-0.95
+#: of the matches, of phantoms 18-388 and 0.56-0.89; stand-ins for other films of one anatomy
+#: 0-64 inliers but at most 0.39 of the matches; random pairs of phantoms at most 5 inliers.
+COPY_INLIERS = 20
+COPY_SHARE = 0.5
+#: Related (another film of the same anatomy): at least RELATED_INLIERS keypoints on one
+#: transform without the share of a copy: more than twice what different phantoms reach (and
+#: 1.5 times the 8 of the closest neighbours among 15,110 candidate pairs of phantoms).
+RELATED_INLIERS = 12
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ def working_image(pixels: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     """A canonical pixel array as uint8 grayscale, shrunk (never enlarged) to long side ``side``.
 
     Enlarging would only blur: a small copy keeps its own sharp detail, and the zoom between two
-    pictures is judged relative to each one's long side (see :func:`pair_score`).
+    pictures is judged relative to each one's long side (see :func:`pair_evidence`).
     """
     gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     height, width = gray.shape
@@ -119,25 +130,52 @@ def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return rows[order[unique]], nearest[order[unique]]
 
 
-def pair_score(a: Features, b: Features) -> int:
-    """Distinct keypoints of ``a`` that one plausible similarity transform puts on their match."""
+@dataclass(frozen=True)
+class PairEvidence:
+    """What geometric verification found for each of a list of pairs."""
+
+    inliers: np.ndarray  #: distinct keypoints that one plausible similarity transform carries
+    matches: np.ndarray  #: one-to-one descriptor matches that passed the ratio test
+
+    @property
+    def share(self) -> np.ndarray:
+        """The share of the matches that the transform explains."""
+        return self.inliers / np.maximum(self.matches, 1)
+
+    def copies(self, min_inliers: int = COPY_INLIERS, min_share: float = COPY_SHARE) -> np.ndarray:
+        """Pairs that are the same acquisition (a copy)."""
+        return (self.inliers >= min_inliers) & (self.share >= min_share)
+
+    def related(
+        self,
+        min_inliers: int = RELATED_INLIERS,
+        copy_inliers: int = COPY_INLIERS,
+        copy_share: float = COPY_SHARE,
+    ) -> np.ndarray:
+        """Pairs that show the same anatomy without being a copy (another film of it)."""
+        return (self.inliers >= min_inliers) & ~self.copies(copy_inliers, copy_share)
+
+
+def pair_evidence(a: Features, b: Features) -> tuple[int, int]:
+    """``(inliers, matches)``: the distinct keypoints of ``a`` that one plausible similarity
+    transform puts on their match, and the ratio-test matches it was fitted to."""
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
-        return 0
+        return 0, 0
     rows_a, rows_b = ratio_matches(a.descriptors, b.descriptors)
     if len(rows_a) < 3:
-        return 0
+        return 0, len(rows_a)
     source, target = a.points[rows_a], b.points[rows_b]
     transform, inliers = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS
     )
     if transform is None:
-        return 0
+        return 0, len(rows_a)
     scale = math.hypot(transform[0, 0], transform[1, 0]) * a.side / b.side
     rotation = math.degrees(math.atan2(transform[1, 0], transform[0, 0]))
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or abs(rotation) > MAX_ROTATION_DEGREES:
-        return 0
+        return 0, len(rows_a)
     kept = source[inliers.ravel().astype(bool)]
-    return len(np.unique(kept.round(), axis=0))
+    return len(np.unique(kept.round(), axis=0)), len(rows_a)
 
 
 def verify_pairs(
@@ -148,8 +186,8 @@ def verify_pairs(
     workers: int | None = None,
     chunk: int = 256,
     on_progress: ProgressCallback | None = None,
-) -> np.ndarray:
-    """The score of each pair ``(files[left[p]], files[right[p]])``: higher is more surely a copy.
+) -> PairEvidence:
+    """The geometric evidence of each pair ``(files[left[p]], files[right[p]])``.
 
     Features are computed once per image in a pair, ``chunk`` images at a time, in an order that
     keeps the pair graph's images close together (reverse Cuthill-McKee); a pair is scored as soon
@@ -158,9 +196,9 @@ def verify_pairs(
     Progress is reported as images are done, in a phase "verifying geometry".
     """
     left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
-    scores = np.zeros(len(left), dtype=np.float64)
+    evidence = np.zeros((len(left), 2), dtype=np.int64)
     if len(left) == 0:
-        return scores
+        return PairEvidence(evidence[:, 0], evidence[:, 1])
     images, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
     a, b = inverse[: len(left)], inverse[len(left) :]
     order, due, last = _schedule(len(images), a, b)
@@ -170,8 +208,8 @@ def verify_pairs(
     features: dict[int, Features] = {}
     phase = Phase(on_progress, "verifying geometry", len(images))
 
-    def score(pair: int) -> int:
-        return pair_score(features[int(a[pair])], features[int(b[pair])])
+    def score(pair: int) -> tuple[int, int]:
+        return pair_evidence(features[int(a[pair])], features[int(b[pair])])
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(order), chunk):
@@ -180,12 +218,12 @@ def verify_pairs(
             features.update(zip(batch.tolist(), loaded, strict=True))
             low, high = np.searchsorted(due_sorted, [start, start + chunk])
             ready = pairs_by_due[low:high]
-            scores[ready] = np.fromiter(pool.map(score, ready), dtype=np.float64, count=len(ready))
+            evidence[ready] = np.array(list(pool.map(score, ready)), dtype=np.int64).reshape(-1, 2)
             low, high = np.searchsorted(last_sorted, [start, start + chunk])
             for k in images_by_last[low:high].tolist():
                 del features[k]
             phase.advance(len(batch))
-    return scores
+    return PairEvidence(evidence[:, 0], evidence[:, 1])
 
 
 def _schedule(n: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,6 +8,10 @@ Supported layouts, detected automatically or forced by name:
 - ``mura``: ``.../XR_<REGION>/patient<ID>/study<N>_{positive,negative}/...`` (Stanford MURA)
 - ``csv``: ``--labels FILE`` with columns ``path,label`` and optionally ``split,patient_id``
 - ``none``: no labels (a flat folder)
+
+Patient keys (``patient_id``, ``study_id``) come from MURA paths and the labels CSV, from a
+``--patient-pattern`` regex, or from the file names of the public sets in
+:data:`PATIENT_SCHEMES`, recognised automatically.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from fracture_curate.errors import CurateError
+from fracture_curate.errors import ConfigError, CurateError
 
 LAYOUTS = ("auto", "class", "split-class", "class-split", "mura", "csv", "none")
 
@@ -40,6 +44,100 @@ _MURA_PATTERN = re.compile(
     r"XR_(?P<region>[A-Za-z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_"
     rf"(?P<label>{'|'.join(MURA_LABELS)})/"
 )
+
+
+#: The named groups a ``--patient-pattern`` may have; ``patient`` is required.
+PATIENT_GROUPS = ("patient", "study")
+
+
+@dataclass(frozen=True)
+class PatientScheme:
+    """A public data set's file-naming scheme that names the patient (and maybe the study).
+
+    ``patterns`` are searched in a file's relative POSIX path, first match wins; each has a
+    named group ``patient`` and may have ``study``.
+    """
+
+    key: str  #: the scheme's name in the scan manifest's params (``patient_sources``)
+    name: str  #: in words, for the scan summary: "Kermany naming"
+    patterns: tuple[re.Pattern[str], ...]
+
+    def keys(self, path: str) -> tuple[str, str | None] | None:
+        """``(patient_id, study_id)`` of ``path``, or None when the scheme does not name it."""
+        for pattern in self.patterns:
+            keys = patient_keys(pattern, path)
+            if keys is not None:
+                return keys
+        return None
+
+
+#: Known public naming schemes, tried on every scan unless switched off (``--no-auto-patients``).
+#: Each is anchored on the file name (and, for CheXpert, its two folders), so an unrelated set
+#: matches by accident only if its names copy the scheme. MURA is read by its layout instead.
+PATIENT_SCHEMES: tuple[PatientScheme, ...] = (
+    PatientScheme(
+        key="kermany",
+        name="Kermany naming",
+        patterns=(
+            # Pneumonia files: person1946_bacteria_4874.jpeg -> person1946.
+            re.compile(r"(?:^|/)(?P<patient>person\d+)_(?:bacteria|virus)_\d+\.\w+$"),
+            # NORMAL files: IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg. The set says nothing
+            # about them; the usual reading, which the community follows, takes the middle
+            # number as the patient (IM-0115, NORMAL2-IM-1427) and the last as the image.
+            re.compile(r"(?:^|/)(?P<patient>(?:NORMAL\d*-)?IM-\d+)(?:-\d+)+\.\w+$"),
+        ),
+    ),
+    PatientScheme(
+        key="nih-chestxray14",
+        name="NIH ChestX-ray14 naming",
+        # 00000001_000.png: an 8-digit patient, then a 3-digit follow-up index (one visit).
+        patterns=(re.compile(r"(?:^|/)(?P<patient>\d{8})_(?P<study>\d{3})\.\w+$"),),
+    ),
+    PatientScheme(
+        key="chexpert",
+        name="CheXpert naming",
+        # patient00001/study1/view1_frontal.jpg; MURA's study folders (study1_positive) differ.
+        patterns=(
+            re.compile(r"(?:^|/)(?P<patient>patient\d+)/(?P<study>study\d+)/view\d+_\w+\.\w+$"),
+        ),
+    ),
+)
+
+
+def compile_patient_pattern(pattern: str) -> re.Pattern[str]:
+    """A ``--patient-pattern`` compiled, or a ConfigError saying what is wrong with it."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        where = f" at position {error.pos}" if error.pos is not None else ""
+        raise ConfigError(
+            f"--patient-pattern {pattern!r} is not a valid regular expression: {error.msg}{where}"
+        ) from error
+    if "patient" not in compiled.groupindex:
+        raise ConfigError(
+            f"--patient-pattern {pattern!r} has no (?P<patient>...) group; name the part of "
+            "the path that identifies the patient, e.g. '(?P<patient>P\\d+)/'"
+        )
+    others = sorted(set(compiled.groupindex) - set(PATIENT_GROUPS))
+    if others:
+        raise ConfigError(
+            f"--patient-pattern {pattern!r} has named group(s) {', '.join(others)}; only "
+            f"{' and '.join(PATIENT_GROUPS)} are read (use (?:...) for other groups)"
+        )
+    return compiled
+
+
+def patient_keys(pattern: re.Pattern[str], path: str) -> tuple[str, str | None] | None:
+    """``(patient_id, study_id)`` that ``pattern`` finds in ``path`` (``re.search``), or None.
+
+    A study is numbered within its patient, so its id is made unique as ``patient/study``, as
+    the MURA layout does; an empty ``patient`` is no match.
+    """
+    match = pattern.search(path)
+    if match is None or not match["patient"]:
+        return None
+    study = match.groupdict().get("study")
+    return match["patient"], f"{match['patient']}/{study}" if study else None
 
 
 class LayoutError(CurateError):

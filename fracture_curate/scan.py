@@ -30,7 +30,15 @@ from fracture_curate.images import (
     decode,
     open_image,
 )
-from fracture_curate.layouts import LAYOUTS, detect_layout, labels_from_path, read_label_csv
+from fracture_curate.layouts import (
+    LAYOUTS,
+    PATIENT_SCHEMES,
+    compile_patient_pattern,
+    detect_layout,
+    labels_from_path,
+    patient_keys,
+    read_label_csv,
+)
 from fracture_curate.manifest import folder_lock, manifest_path, write_manifest
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import dihedral_phash
@@ -52,12 +60,18 @@ class ScanConfig:
     #: and their perceptual hashes and embeddings would match one another as copies.
     min_side: int = 32
     max_aspect: float = 10.0
+    #: A regex searched in each relative path, with a named group ``patient`` (and optionally
+    #: ``study``): it sets the patient keys of the files it matches, over any other source.
+    patient_pattern: str | None = None
+    #: Recognise the public naming schemes of ``layouts.PATIENT_SCHEMES`` in file names.
+    auto_patients: bool = True
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "layout": Options(LAYOUTS),
         "max_pixels": Interval(1, integer=True),
         "min_side": Interval(1, integer=True),
         "max_aspect": Interval(1),
+        "auto_patients": Options((True, False)),
     }
 
     def __post_init__(self) -> None:
@@ -67,6 +81,18 @@ class ScanConfig:
             raise ConfigError(f"--formats must name at least one format; got {self.formats!r}")
         if self.layout == "csv" and self.labels_csv is None:
             raise ConfigError("layout 'csv' needs --labels FILE")
+        if self.patient_pattern is not None:
+            compile_patient_pattern(self.patient_pattern)
+
+
+@dataclass(frozen=True)
+class PatientSource:
+    """Where the patient ids of some kept images came from."""
+
+    name: str  #: "pattern", "csv", "mura" or a naming scheme's key ("kermany")
+    description: str  #: in words: "file names (Kermany naming)"
+    images: int  #: kept images whose patient id it gave
+    patients: int  #: distinct patient ids among them
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,10 @@ class ScanResult:
     frame: pd.DataFrame
     layout: str
     unmatched_labels: list[str]  #: CSV rows naming files that were not found
+    #: Where the kept images' patient ids came from, in order of priority; empty if nowhere.
+    patient_sources: tuple[PatientSource, ...] = ()
+    #: Kept images that ``--patient-pattern`` matched; None without a pattern.
+    pattern_matched: int | None = None
 
 
 def inspect_file(
@@ -143,6 +173,7 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
     if pixels.ndim == 2:
         colour_count = int(np.count_nonzero(np.bincount(pixels.ravel())))
         luminance = pixels
+        colourfulness = 0.0
     else:
         packed = (
             pixels[:, :, 0].astype(np.uint32) << 16
@@ -151,6 +182,7 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
         )
         colour_count = len(np.unique(packed))
         luminance = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        colourfulness = hasler_colourfulness(pixels) / 255.0
     return {
         "height": pixels.shape[0],
         "width": pixels.shape[1],
@@ -159,11 +191,26 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
         "n_frames": image.n_frames,
         "colour_count": colour_count,
         "is_grayscale": image.is_grayscale,
+        "colourfulness": colourfulness,
         "mean_intensity": float(luminance.mean(dtype=np.float64)) / full_scale,
         "std_intensity": float(luminance.std(dtype=np.float64)) / full_scale,
         "pixel_sha256": pixel_hash(pixels),
         "phash": dihedral_phash(pixels),
     }
+
+
+def hasler_colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk's colourfulness of an RGB uint8 array (0 for gray; about 15 is
+    "slightly", 33 "moderately", 59 "highly" colourful in their survey).
+
+    The spread and mean of the opponent channels R - G and (R + G) / 2 - B: a gray radiograph
+    stored in RGB, or one faintly tinted, stays near 0; a natural photograph does not.
+    """
+    red, green, blue = (rgb[:, :, k].astype(np.float32) for k in range(3))
+    red_green, yellow_blue = red - green, 0.5 * (red + green) - blue
+    spread = np.hypot(red_green.std(dtype=np.float64), yellow_blue.std(dtype=np.float64))
+    mean = np.hypot(red_green.mean(dtype=np.float64), yellow_blue.mean(dtype=np.float64))
+    return float(spread + 0.3 * mean)
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
@@ -214,8 +261,83 @@ def scan_dataset(
             row |= asdict(labels)
     table = [rows[path] for path in sorted(rows)]
     frame = pd.DataFrame(table, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
+    frame, sources, pattern_matched = read_patients(frame, config, layout)
     unmatched = sorted(set(csv_labels) - set(listed.files))
-    return ScanResult(frame=frame, layout=layout, unmatched_labels=unmatched)
+    return ScanResult(
+        frame=frame,
+        layout=layout,
+        unmatched_labels=unmatched,
+        patient_sources=sources,
+        pattern_matched=pattern_matched,
+    )
+
+
+_SOURCE_WORDS = {
+    "pattern": "file paths (--patient-pattern)",
+    "csv": "the labels CSV",
+    "mura": "folder names (MURA layout)",
+}
+
+
+def read_patients(
+    frame: pd.DataFrame, config: ScanConfig, layout: str
+) -> tuple[pd.DataFrame, tuple[PatientSource, ...], int | None]:
+    """Set ``patient_id`` and ``study_id`` from the best source each file has.
+
+    Priority: ``config.patient_pattern``, then the labels CSV or the layout (MURA), whose keys
+    ``frame`` already holds, then a naming scheme of :data:`PATIENT_SCHEMES`. A source sets a
+    file's patient and study together (a pattern without a ``study`` group clears the study),
+    so a study never straddles two patients. A scheme is used only when it fits the set: the one
+    matching the most kept images still without a patient, if it matches at least half of them.
+
+    Returns:
+        The table with its patient keys; where the kept images' patient ids came from, in
+        order of priority; and how many kept images the pattern matched (None without one).
+    """
+    frame = frame.copy()
+    kept = frame["status"] == "ok"
+    source = pd.Series(pd.NA, index=frame.index, dtype="string")
+    source[frame["patient_id"].notna()] = "csv" if layout == "csv" else layout
+    pattern_matched = None
+    if config.patient_pattern is not None:
+        pattern = compile_patient_pattern(config.patient_pattern)
+        keys = frame["path"].map(lambda path: patient_keys(pattern, path))
+        _set_keys(frame, keys, source, "pattern")
+        pattern_matched = int((keys.notna() & kept).sum())
+    if config.auto_patients:
+        open_rows = kept & frame["patient_id"].isna()
+        best, best_keys, best_count = None, None, 0
+        for scheme in PATIENT_SCHEMES:
+            keys = frame["path"].map(scheme.keys)
+            count = int((keys.notna() & open_rows).sum())
+            if count > best_count:
+                best, best_keys, best_count = scheme, keys, count
+        if best is not None and 2 * best_count >= int(open_rows.sum()):
+            _set_keys(frame, best_keys.where(frame["patient_id"].isna()), source, best.key)
+    words = _SOURCE_WORDS | {s.key: f"file names ({s.name})" for s in PATIENT_SCHEMES}
+    order = ["pattern", "csv", layout, *(s.key for s in PATIENT_SCHEMES)]
+    sources = tuple(
+        PatientSource(
+            name=name,
+            description=words.get(name, f"the {name} layout"),
+            images=int(mine.sum()),
+            patients=frame.loc[mine, "patient_id"].nunique(),
+        )
+        for name in dict.fromkeys(order)
+        if (mine := kept & (source == name).fillna(False)).any()
+    )
+    return frame, sources, pattern_matched
+
+
+def _set_keys(frame: pd.DataFrame, keys: pd.Series, source: pd.Series, name: str) -> None:
+    """Give the rows where ``keys`` holds a (patient, study) pair those keys and ``name``."""
+    found = keys.notna()
+    if not found.any():
+        return
+    pairs = keys[found].tolist()
+    frame.loc[found, "patient_id"] = [patient for patient, _ in pairs]
+    frame.loc[found, "study_id"] = [study for _, study in pairs]
+    source[found] = name
 
 
 def run_scan(
@@ -231,9 +353,38 @@ def run_scan(
         result = scan_dataset(
             root, config, workers=workers, exclude=[Path(directory)], on_progress=on_progress
         )
-        params = asdict(config) | {"root": str(Path(root).resolve()), "layout": result.layout}
+        params = asdict(config) | {
+            "root": str(Path(root).resolve()),
+            "layout": result.layout,
+            "patient_sources": {source.name: source.images for source in result.patient_sources},
+        }
         write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)
     return result
+
+
+def patient_lines(result: ScanResult) -> list[tuple[str, bool]]:
+    """The scan summary's lines on patients, each with whether it is a warning: where the
+    patient ids came from ("patients: 1,204 read from file names (Kermany naming)"), and a
+    ``--patient-pattern`` that matched no kept image."""
+    lines = [
+        (
+            f"patients: {source.patients:,} read from {source.description} "
+            f"({source.images:,} images)",
+            False,
+        )
+        for source in result.patient_sources
+    ]
+    if result.pattern_matched == 0:
+        kept = result.frame.loc[result.frame["status"] == "ok", "path"]
+        example = f", such as {kept.iloc[0]!r}" if len(kept) else ""
+        lines.append(
+            (
+                "--patient-pattern matched no kept image; check it against the paths relative "
+                f"to the root{example}",
+                True,
+            )
+        )
+    return lines
 
 
 def summarise_scan(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

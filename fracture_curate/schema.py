@@ -74,6 +74,7 @@ SCAN_COLUMNS: dict[str, str] = {
     "n_frames": "Int64",
     "colour_count": "Int64",
     "is_grayscale": "boolean",
+    "colourfulness": "Float64",  # Hasler-Suesstrunk, fraction of 255: 0 gray, ~0.13+ colourful
     "mean_intensity": "Float64",
     "std_intensity": "Float64",
     "pixel_sha256": "string",  # SHA-256 of the decoded pixels
@@ -95,17 +96,32 @@ DEDUPE_COLUMNS: dict[str, str] = {
     "match_kind": "string",  # one of MATCH_KINDS
     "similarity": "Float64",
     "label_conflict": "boolean",
+    # Another film of the same anatomy (a follow-up, a second exposure): kept, split together.
+    "related_group": "Int64",  # rows showing one anatomy in different films; null: none found
+    "related_to": "string",  # image_id of the most strongly related other film
+    "related_evidence": "string",  # why: keypoints on one transform, and their share of matches
 }
+
+#: ``outliers.parquet`` ``outlier_reason``: the views and checks that flag an image, in order.
+OUTLIER_REASONS = (
+    "colour",  # a colourful picture among grayscale radiographs
+    "blank",  # almost no contrast next to the other images of its bit depth
+    "size",  # a thumbnail or a banner next to the set's typical size
+    "isolation",  # PCA + Isolation Forest score far above the crowd
+    "neighbours",  # far from its nearest images in the embedding space
+)
 
 #: Columns ``outliers.parquet`` adds to the dedupe table.
 OUTLIER_COLUMNS: dict[str, str] = {
-    "outlier_score": "Float64",  # higher is stranger
+    "outlier_score": "Float64",  # PCA + Isolation Forest; higher is stranger
+    "neighbour_distance": "Float64",  # mean cosine distance to the nearest images
     "is_outlier": "boolean",
+    "outlier_reason": "string",  # the OUTLIER_REASONS that flagged it, comma-separated
 }
 
 #: Columns ``split.parquet`` adds to the outliers table.
 SPLIT_COLUMNS: dict[str, str] = {
-    "group_id": "Int64",  # rows joined by a duplicate cluster or a patient
+    "group_id": "Int64",  # rows joined by a duplicate cluster, a related group or a patient
     "split": "string",  # one of SPLITS; null for excluded rows
     "excluded_reason": "string",  # one of EXCLUSION_KINDS; null for rows in the split
     "excluded_detail": "string",  # the particulars: the scan's reason, the copy kept, ...

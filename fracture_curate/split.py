@@ -1,4 +1,5 @@
-"""``curate split``: stratified, group-aware train/val/test; no duplicate or patient straddles."""
+"""``curate split``: stratified, group-aware train/val/test; no duplicate cluster, related group
+or patient straddles two splits."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
     mark(frame["label_conflict"], "label_conflict", _conflict_details(frame))
     mark(~frame["is_kept"], "duplicate", "copy of " + _kept_paths(frame))
     if drop_outliers:
-        scores = frame["outlier_score"].map(lambda score: f"outlier score {score:.3f}")
-        mark(frame["is_outlier"], "outlier", scores.astype("string"))
+        reasons_given = frame["outlier_reason"].fillna("curate outliers")  # a flag set by hand
+        mark(frame["is_outlier"], "outlier", "flagged by " + reasons_given)
     return pd.DataFrame({"excluded_reason": reasons, "excluded_detail": details})
 
 
@@ -88,10 +89,11 @@ def _kept_paths(frame: pd.DataFrame) -> pd.Series:
 
 
 def leakage_groups(frame: pd.DataFrame) -> np.ndarray:
-    """Group ids joining rows that share a duplicate cluster or a patient (transitively)."""
-    by_cluster, by_patient = chain_pairs(frame["cluster_id"]), chain_pairs(frame["patient_id"])
-    left = np.concatenate([by_cluster[0], by_patient[0]])
-    right = np.concatenate([by_cluster[1], by_patient[1]])
+    """Group ids joining rows that share a duplicate cluster, a related group (other films of
+    one anatomy) or a patient, transitively."""
+    links = [chain_pairs(frame[key]) for key in ("cluster_id", "related_group", "patient_id")]
+    left = np.concatenate([pair[0] for pair in links])
+    right = np.concatenate([pair[1] for pair in links])
     return connected_groups(len(frame), left, right)[1]
 
 
@@ -164,7 +166,8 @@ def split_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def straddling_groups(frame: pd.DataFrame) -> pd.DataFrame:
-    """Groups (shared duplicate cluster or patient) whose rows sit in more than one split."""
+    """Groups (shared duplicate cluster, related group or patient) whose rows sit in more than
+    one split."""
     used = frame[frame["split"].notna()]
     spread = used.groupby("group_id")["split"].agg(["nunique", lambda s: ", ".join(sorted(set(s)))])
     spread.columns = ["n_splits", "splits"]

@@ -28,6 +28,12 @@ def ankle_radiograph() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def chest_radiograph() -> np.ndarray:
+    """The chest radiograph RG1 (1955 x 1841, 15-bit), lossless encoding."""
+    return read_dicom_radiograph("RG1_UNCR.dcm")
+
+
+@pytest.fixture(scope="session")
 def ankle_radiograph_lossy() -> np.ndarray:
     """The same radiograph as RG3 from its lossy JPEG 2000 encoding: a real near-duplicate."""
     return read_dicom_radiograph("RG3_J2KI.dcm")

@@ -28,6 +28,14 @@ def noise_image(seed: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=size, dtype=np.uint8)
 
 
+def write_noise_images(root: Path, relative_paths: list[str], fmt: str | None = None) -> None:
+    """A distinct noise image at each relative path, in ``fmt`` or the format its extension
+    names (PNG for ``.png``, else JPEG)."""
+    for index, relative in enumerate(relative_paths):
+        chosen = fmt or ("PNG" if relative.endswith(".png") else "JPEG")
+        save_gray(root / relative, noise_image(index), format=chosen)
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height``: a decompression bomb's calling card."""
 

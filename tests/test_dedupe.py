@@ -15,10 +15,14 @@ from fracture_curate.dedupe import (
     run_dedupe,
     summarise_dedupe,
 )
+from fracture_curate.geometry import PairEvidence
+from fracture_curate.images import to_rgb8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan, scan_dataset
+from fracture_curate.split import leakage_groups
 from fracture_curate.synthetic import draw_phantom
+from fracture_curate.synthetic.planting import follow_up_film
 
 _NO_MODELS = {"use_embeddings": False, "geometry": False}
 PHASH_ONLY = DedupeConfig(**_NO_MODELS)
@@ -40,6 +44,14 @@ def embeddings_for(scan: pd.DataFrame, vectors: dict[str, np.ndarray]) -> pd.Dat
             "image_id": [ok.loc[path, "image_id"] for path in vectors],
             "embedding": list(vectors.values()),
         }
+    )
+
+
+def random_embeddings(scan: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Unrelated random embeddings for every file: only the pixels can tell copies apart."""
+    rng = np.random.default_rng(seed)
+    return embeddings_for(
+        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
     )
 
 
@@ -126,10 +138,7 @@ def test_geometry_checks_even_a_set_of_two_and_reports_its_progress(tmp_path):
         tmp_path / "b.png"
     )
     scan = scanned(tmp_path)
-    rng = np.random.default_rng(2)
-    embeddings = embeddings_for(
-        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
-    )
+    embeddings = random_embeddings(scan, seed=2)
     calls = []
     result = by_path(
         deduplicate(
@@ -153,10 +162,7 @@ def test_the_geometry_layer_finds_a_turned_copy_only_when_on(tmp_path):
     for index in range(3):
         phantom(10 + index, size=256).save(tmp_path / f"other{index}.png")
     scan = scanned(tmp_path)
-    rng = np.random.default_rng(1)  # unrelated embeddings: only the pixels can tell
-    embeddings = embeddings_for(
-        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
-    )
+    embeddings = random_embeddings(scan, seed=1)
     on = by_path(deduplicate(scan, embeddings, DedupeConfig(), root=tmp_path))
     assert on.loc["b.png", "cluster_id"] == on.loc["a.png", "cluster_id"]
     assert on.loc["b.png", "match_kind"] == "geometry"
@@ -169,19 +175,17 @@ def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_p
     for index in range(3):
         phantom(30 + index).save(tmp_path / f"{index}.png")
     scan = scanned(tmp_path)
-    rng = np.random.default_rng(3)
-    embeddings = embeddings_for(
-        scan, {path: rng.gamma(2.0, 1.0, 32).astype(np.float32) for path in scan["path"]}
-    )
+    embeddings = random_embeddings(scan, seed=3)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # neighbours, no cosine match
     checked = {}
 
     def verify(files, i, j, on_progress=None):
-        """Matched keypoints: exactly the threshold for the first pair, one fewer for the rest."""
+        """Keypoints on one transform: exactly the threshold for the first pair, one fewer for
+        the rest; every match on the transform."""
         found = np.full(len(i), config.geometry_threshold - 1)
         found[0] = config.geometry_threshold
         checked["pairs"] = list(zip(i.tolist(), j.tolist(), strict=True))
-        return found
+        return PairEvidence(found, found)
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
     result = deduplicate(scan, embeddings, config, root=tmp_path)
@@ -242,6 +246,7 @@ def test_the_summary_counts_clusters_copies_conflicts_and_layers(tmp_path):
         "duplicate clusters": 2,  # one of four, one of two
         "copies not kept": 4,
         "label-conflict clusters": 1,
+        "related groups (other films, all kept)": 0,
         "kept": 2,
     }
     assert summary["counts"].index.name == "dedupe"
@@ -314,3 +319,58 @@ def test_the_stage_gives_every_layer_its_settings_the_embeddings_and_the_images(
     matched = by_path(run_dedupe(manifests, any_two))
     assert matched["cluster_size"].eq(5).all()
     assert matched["match_kind"].value_counts().to_dict() == {"embedding": 5}
+
+
+def test_other_films_of_one_anatomy_are_kept_grouped_and_split_together(tmp_path, chest_radiograph):
+    """Two more films of a real chest (stand-ins: another projection, exposure and grain) are
+    related, not copies: all three kept, one related group, one split group; a turned copy of
+    one film is still a copy; phantoms beside them are in no related group."""
+    eight_bit = to_rgb8(chest_radiograph)[:, :, 0]
+    rng = np.random.default_rng(11)
+    films = [eight_bit, *(follow_up_film(rng, eight_bit)[0] for _ in range(2))]
+    for index, film in enumerate(films):
+        Image.fromarray(film).save(tmp_path / f"film{index}.png")
+    Image.fromarray(films[1]).rotate(4, expand=True).save(tmp_path / "film1_copy.jpg", quality=85)
+    for index in range(3):
+        phantom(60 + index, size=384).save(tmp_path / f"phantom{index}.png")
+    scan = scanned(tmp_path)
+    embeddings = random_embeddings(scan, seed=2)
+    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # every pair checked
+    frame = deduplicate(scan, embeddings, config, root=tmp_path)
+    rows = by_path(frame)
+    films_rows = rows.loc[["film0.png", "film1.png", "film2.png"]]
+    assert films_rows["cluster_id"].nunique() == 3  # three distinct films, none a copy
+    assert rows.loc[["film0.png", "film2.png"], "is_kept"].all()
+    assert films_rows["related_group"].nunique() == 1 and films_rows["related_group"].notna().all()
+    assert films_rows["related_evidence"].str.contains("keypoints on one transform").all()
+    assert set(films_rows["related_to"]) <= set(films_rows["image_id"])
+    copies = rows.loc[["film1.png", "film1_copy.jpg"]]
+    assert copies["cluster_id"].nunique() == 1 and copies["is_kept"].sum() == 1
+    assert copies["related_group"].eq(films_rows["related_group"].iloc[0]).all()
+    assert rows.filter(like="phantom", axis=0)["related_group"].isna().all()
+    groups = pd.Series(leakage_groups(frame.reset_index(drop=True)), index=frame["path"])
+    assert groups[["film0.png", "film1.png", "film2.png", "film1_copy.jpg"]].nunique() == 1
+    assert groups[["film0.png", "phantom0.png", "phantom1.png"]].nunique() == 3
+
+
+def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
+    tmp_path, monkeypatch
+):
+    for index in range(3):
+        phantom(40 + index).save(tmp_path / f"{index}.png")
+    scan = scanned(tmp_path)
+    embeddings = random_embeddings(scan, seed=3)
+    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
+
+    def verify(files, i, j, on_progress=None):
+        """Every pair 40 keypoints on one transform: the first of 80 matches (a copy at the
+        default share of one half), the others of 81 (another film)."""
+        matches = np.full(len(i), 81)
+        matches[0] = 80
+        return PairEvidence(np.full(len(i), 40), matches)
+
+    monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
+    frame = deduplicate(scan, embeddings, config, root=tmp_path)
+    assert sorted(frame["cluster_size"].tolist()) == [1, 2, 2]
+    assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
+    assert frame["is_kept"].sum() == 2

@@ -1,4 +1,5 @@
-"""Geometric verification: turned and cropped copies verify, look-alikes do not."""
+"""Geometric verification: turned and cropped copies verify, other films of one anatomy are
+related, look-alikes are neither."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import pytest
 from helpers import save_gray, scanned
 from PIL import Image
 
-from fracture_curate.geometry import GEOMETRY_THRESHOLD, verify_pairs
+from fracture_curate.geometry import RELATED_INLIERS, verify_pairs
 from fracture_curate.images import to_rgb8
 from fracture_curate.synthetic import draw_phantom
+from fracture_curate.synthetic.planting import follow_up_film
 from fracture_curate.vectors import nearest_neighbours
 
 
@@ -52,24 +54,30 @@ def phantoms(tmp_path_factory):
 def test_turned_and_cropped_phantoms_verify_and_other_phantoms_do_not(phantoms):
     n = len(phantoms)
     left, right = np.triu_indices(n, 1)
-    scores = verify_pairs(phantoms, left, right, workers=2)
+    evidence = verify_pairs(phantoms, left, right, workers=2)
     copies = (left < 4) & (right < 4)
-    assert (scores[copies] >= GEOMETRY_THRESHOLD).all(), scores[copies]
-    assert (scores[~copies] < GEOMETRY_THRESHOLD).all(), scores[~copies]
+    assert evidence.copies()[copies].all(), evidence.inliers[copies]
+    assert not evidence.copies()[~copies].any(), evidence.inliers[~copies]
+    assert not evidence.related()[~copies].any(), evidence.inliers[~copies]
 
 
 def test_streaming_order_does_not_change_scores(phantoms):
     left, right = np.array([0, 0, 5, 2, 6, 0]), np.array([1, 2, 6, 3, 7, 7])
     whole = verify_pairs(phantoms, left, right, workers=1)
-    assert np.array_equal(verify_pairs(phantoms, left, right, workers=2, chunk=1), whole)
+    streamed = verify_pairs(phantoms, left, right, workers=2, chunk=1)
+    assert np.array_equal(streamed.inliers, whole.inliers)
+    assert np.array_equal(streamed.matches, whole.matches)
 
 
 def test_unreadable_or_blank_images_score_zero(tmp_path, phantoms):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     blank = save_gray(tmp_path / "blank.png", np.full((64, 64), 90, dtype=np.uint8))
     files = [phantoms[0], scanned(tmp_path / "broken.png"), scanned(blank)]
-    assert verify_pairs(files, np.array([0, 0]), np.array([1, 2])).tolist() == [0.0, 0.0]
-    assert verify_pairs(files, np.array([], dtype=int), np.array([], dtype=int)).shape == (0,)
+    evidence = verify_pairs(files, np.array([0, 0]), np.array([1, 2]))
+    assert evidence.inliers.tolist() == [0, 0] and evidence.matches.tolist() == [0, 0]
+    assert verify_pairs(files, np.array([], dtype=int), np.array([], dtype=int)).inliers.shape == (
+        0,
+    )
 
 
 def test_real_radiograph_and_its_turned_copy_verify(tmp_path, ankle_radiograph):
@@ -82,9 +90,31 @@ def test_real_radiograph_and_its_turned_copy_verify(tmp_path, ankle_radiograph):
     eight_bit.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirrored.png")
     names = ["turned.png", "small_cropped.jpg", "mirrored.png"]
     files = [scanned(source), *(scanned(tmp_path / name) for name in names)]
-    scores = verify_pairs(files, np.array([0, 0, 0]), np.array([1, 2, 3]))
-    assert (scores[:2] >= GEOMETRY_THRESHOLD).all(), scores
-    assert scores[2] < GEOMETRY_THRESHOLD  # a mirror image is not a similarity transform
+    evidence = verify_pairs(files, np.array([0, 0, 0]), np.array([1, 2, 3]))
+    assert evidence.copies()[:2].all(), evidence
+    assert not evidence.copies()[2] and not evidence.related()[2]  # a mirror: no transform
+
+
+def test_other_films_of_a_real_chest_are_related_and_their_copies_still_copies(
+    tmp_path, chest_radiograph
+):
+    """Stand-ins for follow-up films (another projection, exposure, soft tissue and grain of
+    the same anatomy) share the anatomy's landmarks but not the acquisition: related, not
+    copies; a cropped or turned copy of one of them is still a copy."""
+    eight_bit = to_rgb8(chest_radiograph)[:, :, 0]
+    rng = np.random.default_rng(11)
+    Image.fromarray(eight_bit).save(tmp_path / "first.png")
+    films = [follow_up_film(rng, eight_bit)[0] for _ in range(2)]
+    for index, film in enumerate(films):
+        Image.fromarray(film).save(tmp_path / f"film{index}.png")
+    second = Image.fromarray(films[0])
+    cropped(turned(second, 5.0), 0.08).save(tmp_path / "film0_copy.jpg", quality=85)
+    names = ["first.png", "film0.png", "film1.png", "film0_copy.jpg"]
+    files = [scanned(tmp_path / name) for name in names]
+    evidence = verify_pairs(files, np.array([0, 0, 1, 1]), np.array([1, 2, 2, 3]))
+    assert evidence.related()[:3].all() and not evidence.copies()[:3].any(), evidence
+    assert evidence.copies()[3], evidence
+    assert (evidence.inliers[:3] >= RELATED_INLIERS).all()
 
 
 def brute_force_candidates(unit, k, floor):

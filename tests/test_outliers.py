@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import read_dicom_radiograph
 from helpers import curated_table, noise_image, save_gray, write_embeddings
+from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
@@ -104,9 +106,16 @@ def test_a_share_of_variance_keeps_what_explains_it_and_a_count_is_capped():
 
 def test_the_robust_rule_flags_scores_far_above_the_median():
     scores = np.array([0.40, 0.41, 0.42, 0.40, 0.43, 0.41, 0.90])
-    assert robust_flags(scores).tolist() == [False] * 6 + [True]
-    assert robust_flags(np.full(5, 0.5)).tolist() == [False] * 5  # no spread, nothing strange
-    assert robust_flags(np.array([0.5, 0.5, 0.5, 0.6])).tolist() == [False, False, False, True]
+    assert robust_flags(scores, z=3.5).tolist() == [False] * 6 + [True]
+    assert (
+        robust_flags(np.full(5, 0.5), z=3.5).tolist() == [False] * 5
+    )  # no spread, nothing strange
+    assert robust_flags(np.array([0.5, 0.5, 0.5, 0.6]), z=3.5).tolist() == [
+        False,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_copies_share_their_file_s_score_and_rows_without_a_vector_get_none():
@@ -177,10 +186,10 @@ def test_the_projection_is_the_same_for_the_same_seed_however_large():
 
 def test_the_robust_rule_uses_the_spread_of_the_scores():
     spread_of_one = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # median 2, MAD exactly 1
-    assert not robust_flags(spread_of_one).any()
+    assert not robust_flags(spread_of_one, z=3.5).any()
     at_the_cut = np.array([-3.5, -0.6745, 0.0, 0.6745, 3.5])  # z-scores -3.5 ... 3.5 exactly
-    assert not robust_flags(at_the_cut).any()  # flagged only above the cut-off
-    assert robust_flags(np.append(at_the_cut[:-1], 3.51)).tolist() == [False] * 4 + [True]
+    assert not robust_flags(at_the_cut, z=3.5).any()  # flagged only above the cut-off
+    assert robust_flags(np.append(at_the_cut[:-1], 3.51), z=3.5).tolist() == [False] * 4 + [True]
 
 
 def test_three_files_are_enough_to_score_and_a_class_of_exactly_the_minimum_has_its_own():
@@ -203,3 +212,45 @@ def test_unlabelled_files_are_a_class_of_their_own_when_scoring_per_class():
     scored = score_outliers(frame, embeddings, config)
     own = isolation_scores(vectors[25:], config)[0]  # scored among themselves, not overall
     np.testing.assert_allclose(scored.loc[25:, "outlier_score"].to_numpy(float), own)
+
+
+@pytest.fixture(scope="module")
+def small_set_with_photos(tmp_path_factory):
+    """Twenty images, as a user might drop them in one folder: a real ankle radiograph, 16
+    phantom radiographs and 3 natural colour photographs; scanned, embedded (the real
+    MobileNetV2), deduplicated."""
+    from skimage import data
+
+    from fracture_curate.embed import EmbedConfig, embed_manifest
+    from fracture_curate.synthetic import draw_phantom
+
+    root = tmp_path_factory.mktemp("small") / "data"
+    manifests = root.parent / "manifests"
+    (root / "xray").mkdir(parents=True)
+    for index in range(16):
+        rng = np.random.default_rng(100 + index)
+        draw_phantom(rng, 256, index % 2 == 0).save(root / "xray" / f"phantom{index}.png")
+    Image.fromarray(read_dicom_radiograph("RG3_UNCR.dcm")).save(root / "xray" / "ankle.png")
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(root / "xray" / f"{name}.jpg", quality=90)
+    run_scan(root, manifests)
+    embed_manifest(manifests, EmbedConfig(), workers=0)
+    run_dedupe(manifests, DedupeConfig(geometry=False))
+    return manifests
+
+
+def test_colour_photos_among_twenty_radiographs_are_all_flagged_with_their_reason(
+    small_set_with_photos,
+):
+    frame = run_outliers(small_set_with_photos).set_index("path")
+    photos = frame.loc[["xray/astronaut.jpg", "xray/coffee.jpg", "xray/chelsea.jpg"]]
+    assert photos["is_outlier"].all()
+    assert photos["outlier_reason"].str.contains("colour").all()
+    radiographs = frame.drop(photos.index)
+    assert radiographs["is_outlier"].sum() <= 1, radiographs.loc[radiographs["is_outlier"]]
+    assert radiographs["outlier_reason"].str.contains("colour").sum() == 0
+    flagged = frame[frame["is_outlier"]]
+    assert (
+        flagged["outlier_reason"].notna().all()
+        and frame.loc[~frame["is_outlier"], "outlier_reason"].isna().all()
+    )

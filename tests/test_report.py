@@ -13,6 +13,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -413,3 +414,34 @@ def test_curate_report_and_synth_and_version_through_the_command_line(tmp_path, 
     command = ["synth", str(csv_set), "--layout", "csv", "--per-class", "3", "--size", "64"]
     told = "".join(runner.invoke(app, command).output.split())  # rich folds long paths
     assert f"curatescan{csv_set}--labels{csv_set / 'labels.csv'}" in told
+
+
+def test_related_films_and_outlier_reasons_are_shown(tmp_path, chest_radiograph):
+    """Three films of one real chest (two stand-ins for follow-ups): one related group of three
+    distinct films, each kept, with its evidence; a colour photo flagged for its colour."""
+    from skimage.data import coffee
+
+    from fracture_curate.images import to_rgb8
+    from fracture_curate.synthetic import draw_phantom
+    from fracture_curate.synthetic.planting import follow_up_film
+
+    data, manifests = tmp_path / "data" / "chest", tmp_path / "manifests"
+    data.mkdir(parents=True)
+    first = to_rgb8(chest_radiograph)[:, :, 0]
+    rng = np.random.default_rng(11)
+    for index, film in enumerate([first, *(follow_up_film(rng, first)[0] for _ in range(2))]):
+        Image.fromarray(film).resize((512, 512)).save(data / f"film{index}.png")
+    for index in range(8):
+        draw_phantom(np.random.default_rng(index), 256, False).save(data / f"phantom{index}.png")
+    Image.fromarray(coffee()).save(data / "coffee.jpg")
+    run_scan(data.parent, manifests, workers=1)
+    embed_manifest(manifests, EmbedConfig(weights="random", image_size=64), workers=0)
+    run_dedupe(manifests)
+    run_outliers(manifests)
+    text = build_report(manifests, tmp_path / "report.html").read_text(encoding="utf-8")
+    related = section(text, "related")
+    assert "Related group" in related and "3 distinct films" in related
+    assert related.count("kept</span>") == 3
+    assert related.count("keypoints on one transform") == 3
+    outliers = section(text, "outliers")
+    assert "Flagged by" in outliers and "flagged</span> colour" in outliers

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import noise_image, png_header_only, save_gray
+from helpers import noise_image, png_header_only, save_gray, write_noise_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,11 +27,6 @@ from fracture_curate.scan import ScanConfig, scan_dataset
 from fracture_curate.schema import SCAN_COLUMNS
 
 runner = CliRunner()
-
-
-def write_tree(root, relative_paths, fmt="PNG"):
-    for index, relative in enumerate(relative_paths):
-        save_gray(root / relative, noise_image(index), format=fmt)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +50,7 @@ def write_tree(root, relative_paths, fmt="PNG"):
     ],
 )
 def test_folder_layouts_are_detected_and_labelled(tmp_path, layout, paths, expected):
-    write_tree(tmp_path, paths)
+    write_noise_images(tmp_path, paths)
     result = scan_dataset(tmp_path, workers=1)
     assert result.layout == layout
     frame = result.frame.set_index("path").loc[paths]
@@ -70,7 +65,7 @@ def test_mura_layout_gives_patient_study_and_region(tmp_path):
         "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/image1.png",
         "MURA-v1.1/valid/XR_ELBOW/patient11185/study1_negative/image2.png",
     ]
-    write_tree(tmp_path, paths)
+    write_noise_images(tmp_path, paths)
     result = scan_dataset(tmp_path, workers=1)
     assert result.layout == "mura"
     frame = result.frame.set_index("path").loc[paths]
@@ -86,7 +81,7 @@ def test_mura_layout_gives_patient_study_and_region(tmp_path):
 
 
 def test_labels_csv(tmp_path):
-    write_tree(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    write_noise_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
     csv = tmp_path / "labels.csv"
     csv.write_text(
         "path,label,split,patient_id\n"
@@ -106,7 +101,7 @@ def test_labels_csv(tmp_path):
 
 
 def test_labels_csv_without_label_column_is_a_clear_error(tmp_path):
-    write_tree(tmp_path, ["a.png"])
+    write_noise_images(tmp_path, ["a.png"])
     csv = tmp_path / "labels.csv"
     csv.write_text("path,diagnosis\na.png,fractured\n")
     with pytest.raises(LayoutError, match="lacks column"):
@@ -114,7 +109,7 @@ def test_labels_csv_without_label_column_is_a_clear_error(tmp_path):
 
 
 def test_forced_layout_overrides_detection(tmp_path):
-    write_tree(tmp_path, ["train/fractured/a.png", "train/fractured/b.png"])
+    write_noise_images(tmp_path, ["train/fractured/a.png", "train/fractured/b.png"])
     assert detect_layout(["train/fractured/a.png"]) == "split-class"
     result = scan_dataset(tmp_path, ScanConfig(layout="class"), workers=1)
     assert result.frame["label"].tolist() == ["train", "train"]
@@ -171,7 +166,7 @@ def test_bad_input_never_stops_the_scan(tmp_path, workers):
 
 
 def test_a_file_the_system_refuses_to_read_is_unreadable(tmp_path, monkeypatch):
-    write_tree(tmp_path, ["fractured/a.png", "fractured/b.png"])
+    write_noise_images(tmp_path, ["fractured/a.png", "fractured/b.png"])
     refused = (tmp_path / "fractured/a.png").resolve()
     read_bytes = Path.read_bytes
 
@@ -217,7 +212,7 @@ def test_stats_on_real_radiographs(tmp_path, ankle_radiograph, ankle_radiograph_
 
 def test_cli_writes_a_manifest_with_provenance(tmp_path):
     data = tmp_path / "data"
-    write_tree(data, ["train/fractured/a.png", "val/not fractured/b.png"])
+    write_noise_images(data, ["train/fractured/a.png", "val/not fractured/b.png"])
     shutil.copy(data / "train/fractured/a.png", data / "train/fractured/a-copy.png")
     (data / "train/fractured/empty.png").write_bytes(b"")
     out = tmp_path / "manifests"
@@ -246,7 +241,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_output_folder_inside_root_is_not_scanned(tmp_path):
-    write_tree(tmp_path, ["fractured/a.png"])
+    write_noise_images(tmp_path, ["fractured/a.png"])
     out = tmp_path / "manifests"
     for _ in range(2):
         assert runner.invoke(app, ["scan", str(tmp_path), "--out", str(out)]).exit_code == 0
@@ -275,7 +270,7 @@ def test_a_layout_s_folder_reads_back_as_its_labels(layout, folder_args, labels)
 
 
 def test_scan_reports_progress_through_the_callback(tmp_path):
-    write_tree(tmp_path, [f"a/{index}.png" for index in range(3)])
+    write_noise_images(tmp_path, [f"a/{index}.png" for index in range(3)])
     calls = []
     scan_dataset(tmp_path, workers=1, on_progress=lambda *call: calls.append(call))
     assert [call[:3] for call in calls] == [("scanning", done, 3) for done in range(4)]

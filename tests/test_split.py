@@ -84,13 +84,15 @@ def test_a_patient_or_a_duplicate_cluster_never_spans_two_splits():
 
 
 def test_outliers_leave_the_split_only_when_asked():
-    frame = curated_table(["a", "b"] * 20, is_outlier=[index in (3, 7) for index in range(40)])
+    flagged = [index in (3, 7) for index in range(40)]
+    reasons = ["colour, neighbours" if flag else None for flag in flagged]
+    frame = curated_table(["a", "b"] * 20, is_outlier=flagged, outlier_reason=reasons)
     kept = make_split(frame, SplitConfig())
     assert kept.loc[[3, 7], "split"].notna().all()
     dropped = make_split(frame, SplitConfig(drop_outliers=True))
     assert dropped.loc[[3, 7], "split"].isna().all()
     assert (dropped.loc[[3, 7], "excluded_reason"] == "outlier").all()
-    assert dropped.loc[3, "excluded_detail"] == "outlier score 0.500"
+    assert dropped.loc[3, "excluded_detail"] == "flagged by colour, neighbours"
     assert dropped["split"].notna().sum() == 38
 
 

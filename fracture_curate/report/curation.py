@@ -18,6 +18,7 @@ from fracture_curate.classes import positive_class
 from fracture_curate.dedupe import leakage, summarise_dedupe
 from fracture_curate.figures import plain_text
 from fracture_curate.manifest import manifest_path
+from fracture_curate.outliers import summarise_outliers
 from fracture_curate.report.html import (
     badge,
     cards,
@@ -31,7 +32,7 @@ from fracture_curate.report.html import (
 )
 from fracture_curate.report.inputs import ReportInputs, Thumbnails
 from fracture_curate.scan import summarise_scan
-from fracture_curate.schema import STAGES, flags
+from fracture_curate.schema import SPLITS, STAGES, flags
 from fracture_curate.split import split_summary, straddling_groups
 from fracture_curate.synthetic import PLANTED_CSV, planted_vs_found, read_record, source_families
 from fracture_curate.vectors import embedding_matrix, unit_rows
@@ -143,6 +144,46 @@ def conflicts_section(inputs: ReportInputs, thumbnails: Thumbnails, max_clusters
     )
 
 
+def related_section(inputs: ReportInputs, thumbnails: Thumbnails, max_groups: int) -> str:
+    """Groups of different films of one anatomy: all kept, split together."""
+    if not inputs.has("dedupe"):
+        return inputs.missing("dedupe")
+    frame = inputs.frame
+    related = frame[frame["related_group"].notna()]
+    if related.empty:
+        return note(
+            "No related images found: no two films show the same anatomy without being copies "
+            "(geometry layer; patients known from the layout or file names are grouped too)."
+        )
+    groups = related.groupby("related_group")
+    sizes = groups["cluster_id"].nunique().sort_values(ascending=False, kind="stable")
+    blocks = []
+    for group in sizes.index[:max_groups]:
+        members = related[related["related_group"] == group].sort_values(
+            ["is_kept", "path"], ascending=[False, True]
+        )
+        figures = []
+        for row in members.to_dict("records"):
+            kept = badge("kept", "ok") if row["is_kept"] else badge("copy", "copy")
+            evidence = escape(text(row["related_evidence"])) if row["is_kept"] else ""
+            figures.append(figure(thumbnails(row), row["path"], [kept, label_line(row), evidence]))
+        blocks.append(
+            f'<div class="cluster"><h3>Related group {int(group)} &middot; '
+            f"{sizes[group]} distinct films</h3>"
+            f'<div class="strip">{"".join(figures)}</div></div>'
+        )
+    return (
+        note(
+            f"{len(sizes)} groups of different films of one anatomy ({int(sizes.sum())} distinct "
+            "films): follow-ups or second exposures, found because one transform carries many of "
+            "their keypoints onto each other, but far fewer of their matches than a copy's. "
+            "They are not copies: every film is kept, and the split keeps each group together. "
+            f"Showing {min(len(sizes), max_groups)}, largest first."
+        )
+        + f'<div class="clusters">{"".join(blocks)}</div>'
+    )
+
+
 def leakage_section(inputs: ReportInputs) -> str:
     """Duplicate clusters that straddle the source's own splits."""
     frame = inputs.frame
@@ -175,17 +216,23 @@ def outliers_section(inputs: ReportInputs, thumbnails: Thumbnails, max_outliers:
     figures = []
     for row in ranked.head(max_outliers).to_dict("records"):
         mark = badge("flagged", "warn") if row["_flagged"] else ""
-        lines = [f"{mark} score {row['outlier_score']:.3f}", label_line(row)]
+        reason = escape(text(row["outlier_reason"])) if row["_flagged"] else ""
+        lines = [f"{mark} {reason}", f"score {row['outlier_score']:.3f}", label_line(row)]
         figures.append(figure(thumbnails(row), row["path"], lines))
     params = inputs.provenance.get("outliers", {}).get("params", {})
-    settings = f"per class: {params.get('per_class')}, contamination: {params.get('contamination')}"
+    settings = ", ".join(
+        f"{name}: {params.get(name)}" for name in ("per_class", "contamination", "neighbours")
+    )
     return (
         note(
-            f"{int(flagged.sum())} of {len(scored)} distinct images flagged by PCA + Isolation "
-            f"Forest ({settings}). "
-            f"Showing the {min(max_outliers, len(scored))} strangest, flagged first; higher scores "
-            "are stranger."
+            f"{int(flagged.sum())} of {len(scored)} distinct images flagged ({settings}). Each "
+            "flag names its reasons: colour (a colourful picture among grayscale radiographs), "
+            "blank, size, isolation (PCA + Isolation Forest) or neighbours (far from its nearest "
+            "images). "
+            f"Showing the {min(max_outliers, len(scored))} strangest, flagged first; the score is "
+            "the Isolation Forest's, higher is stranger."
         )
+        + table(summarise_outliers(frame), caption="Flagged by")
         + f'<div class="strip">{"".join(figures)}</div>'
     )
 
@@ -259,9 +306,36 @@ def split_section(inputs: ReportInputs) -> str:
         if positive is not None
         else ""
     )
+    scan_params = inputs.provenance.get("scan", {}).get("params", {})
     return f'<p class="note">{check}. Asked for {escape(asked)}.{escape(task)}</p>' + tables_row(
         table(counts, caption="Label by split"),
         table(excluded.to_frame("files"), caption="Rows left out of the split"),
+        table(patients_by_split(frame), caption=patients_caption(scan_params)),
+    )
+
+
+def patients_by_split(frame: pd.DataFrame) -> pd.DataFrame:
+    """Images, distinct patients (and studies, where any is known) and images without a
+    patient id, for each split and in total, of the rows that take part in the split."""
+    used = frame[frame["split"].notna()]
+    order = [split for split in SPLITS if split in set(used["split"])]
+    parts = [(split, used[used["split"] == split]) for split in order] + [("total", used)]
+    counts = {}
+    for name, members in parts:
+        counts[name] = {"images": len(members), "patients": members["patient_id"].nunique()}
+        if used["study_id"].notna().any():
+            counts[name]["studies"] = members["study_id"].nunique()
+        counts[name]["no patient id"] = int(members["patient_id"].isna().sum())
+    return pd.DataFrame.from_dict(counts, orient="index").rename_axis("split")
+
+
+def patients_caption(scan_params: dict[str, Any]) -> str:
+    """The caption of :func:`patients_by_split`, naming where the scan read the patients."""
+    sources = scan_params.get("patient_sources") or {}
+    read = f" (patient ids from {', '.join(sources)})" if sources else ""
+    return (
+        f"Patients by split{read}: distinct patient ids. An image without one is counted under "
+        "'no patient id', not as a patient: the split cannot group it by patient"
     )
 
 

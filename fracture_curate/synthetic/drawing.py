@@ -109,9 +109,9 @@ def draw_phantom(
     )
     # Soft tissue is smooth: drawn at a quarter of the resolution, then upsampled.
     low_height, low_width = max(height // 4, 8), max(width // 4, 8)
-    mottle = _smooth_noise(rng, low_height, low_width, cell=max(min(low_height, low_width) // 6, 2))
+    mottle = smooth_noise(rng, low_height, low_width, cell=max(min(low_height, low_width) // 6, 2))
     noise = rng.random((height, width), dtype=np.float32)
-    grain = _smooth_noise(rng, height, width, cell=3)
+    grain = smooth_noise(rng, height, width, cell=3)
 
     broken_bone = fracture = None
     if fractured:
@@ -407,7 +407,7 @@ def _add_bone(img: np.ndarray, bone: _Bone, fracture: _Fracture | None, level: f
     img[y0:y1, x0:x1] += np.float32(level) * np.asarray(placed)
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
     """Unit-ish, spatially smooth noise: coarse Gaussian noise upsampled bicubically."""
     coarse = rng.standard_normal((max(height // cell, 2), max(width // cell, 2)), dtype=np.float32)
     return np.array(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import PurePosixPath
 
+import cv2
 import numpy as np
 from PIL import Image, features
 
-from fracture_curate.synthetic.drawing import draw_class_phantom, draw_outlier
+from fracture_curate.synthetic.drawing import draw_class_phantom, draw_outlier, smooth_noise
 from fracture_curate.synthetic.record import PLANTED_KINDS, SOURCED_KINDS, RecordEntry
 from fracture_curate.synthetic.writer import (
     PNG_RESAVE_LEVEL,
@@ -228,6 +229,69 @@ def _brighten(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image
     return changed, f"factor={factor:.2f}"
 
 
+# -- another film of the same anatomy ------------------------------------------------------
+
+
+def _follow_up(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
+    """Another film of the source's anatomy (a related image, not a copy): see
+    :func:`follow_up_film`."""
+    with Image.open(writer.root / source.path) as image:
+        pixels = np.asarray(image.convert("I;16") if image.mode.startswith("I") else image)
+    film, entry.detail = follow_up_film(writer.rng, pixels)
+    return encode(Image.fromarray(film), entry.file_format, entry.quality)
+
+
+def follow_up_film(rng: np.random.Generator, pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """Another acquisition of the anatomy in a grayscale ``pixels`` (bone bright): a stand-in
+    for a follow-up film or a second exposure of one patient, as uint8, and its parameters.
+
+    A copy shares its source's acquisition: the same projection and the same grain. A new film
+    shares only the anatomy, so this keeps the anatomy (the source smoothed below its grain) and
+    changes everything a new acquisition changes: positioning (the limb turned a little in depth:
+    a perspective change; a small in-plane turn and zoom; soft tissue settling differently: a
+    smooth non-rigid warp), soft-tissue density, exposure (another tone curve and heel-effect
+    ramp), the detector's blur and quantum noise, and the collimated field.
+    """
+    image = pixels.astype(np.float32)
+    image = (image - image.min()) / max(float(np.ptp(image)), 1.0)
+    height, width = image.shape[:2]
+    side = max(height, width)
+    anatomy = cv2.GaussianBlur(image, (0, 0), 0.004 * side + 1.0)
+
+    jitter = rng.uniform(-0.04, 0.04, (4, 2)) * (width, height)
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    perspective = cv2.getPerspectiveTransform(corners, (corners + jitter).astype(np.float32))
+    angle, zoom = float(rng.uniform(-6, 6)), float(rng.uniform(0.93, 1.07))
+    turn = np.vstack([cv2.getRotationMatrix2D((width / 2, height / 2), angle, zoom), [0, 0, 1]])
+    film = cv2.warpPerspective(
+        anatomy, turn @ perspective, (width, height), borderMode=cv2.BORDER_REFLECT
+    )
+    columns, rows = np.meshgrid(
+        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    )
+    shift_x, shift_y = (0.012 * side * smooth_noise(rng, height, width, side // 4) for _ in "xy")
+    film = cv2.remap(
+        film, columns + shift_x, rows + shift_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
+    film += 0.04 * smooth_noise(rng, height, width, side // 3)  # soft-tissue change
+
+    gamma = float(rng.uniform(0.75, 1.35))
+    low, high = np.percentile(film, [1, 99])
+    film = np.clip((film - low) / max(high - low, 1e-6), 0, 1) ** gamma
+    film *= (
+        1 + float(rng.uniform(-0.08, 0.08)) * np.linspace(-1, 1, height, dtype=np.float32)[:, None]
+    )
+    film = cv2.GaussianBlur(film, (0, 0), float(rng.uniform(0.6, 1.2)))
+    film += rng.normal(0, rng.uniform(0.01, 0.025), film.shape).astype(np.float32)
+
+    keep_x, keep_y = rng.uniform(0.85, 0.97, 2)
+    cut_w, cut_h = round(width * keep_x), round(height * keep_y)
+    left, top = int(rng.integers(width - cut_w + 1)), int(rng.integers(height - cut_h + 1))
+    film = film[top : top + cut_h, left : left + cut_w]
+    detail = f"angle={angle:.1f};zoom={zoom:.2f};gamma={gamma:.2f}"
+    return np.clip(film * 255 + 0.5, 0, 255).astype(np.uint8), detail
+
+
 # -- files beside a host original ------------------------------------------------------------
 
 
@@ -281,6 +345,7 @@ PLANTERS: dict[str, Planter] = {
     "other_class": _other_class,
     "cross_split": _cross_split,
     "outlier": _outlier,
+    "follow_up": _follow_up,
     "gif": _gif,
     "webp": _webp,
     "corrupt": _corrupt,

@@ -22,6 +22,7 @@ PLANTED_KINDS: tuple[str, ...] = (
     "other_class",
     "cross_split",
     "outlier",
+    "follow_up",
     "gif",
     "webp",
     "corrupt",
@@ -31,7 +32,9 @@ PLANTED_KINDS: tuple[str, ...] = (
 #: Planted kinds that are copies of an original: a duplicate detector should find each of them.
 DUPLICATE_KINDS: tuple[str, ...] = PLANTED_KINDS[: PLANTED_KINDS.index("outlier")]
 #: Planted kinds that copy or transform an original (their record has a source_path).
-SOURCED_KINDS = frozenset({*DUPLICATE_KINDS, "truncated"})
+SOURCED_KINDS = frozenset({*DUPLICATE_KINDS, "follow_up", "truncated"})
+#: Planted kinds that are other films of an original's anatomy: related, to be kept and grouped.
+RELATED_KINDS = frozenset({"follow_up"})
 #: Planted kinds that the scan finds: their status is not "ok".
 STATUS_KINDS = frozenset({"gif", "webp", "corrupt", "truncated", "zero_byte"})
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -80,8 +83,11 @@ def read_record(root: str | Path) -> pd.DataFrame:
 
 
 def source_families(record: pd.DataFrame) -> pd.Series:
-    """Path -> the original it was made from: a copy's ``source_path``, else the path itself."""
-    return pd.Series(record["source_path"].fillna(record["path"]).to_numpy(), index=record["path"])
+    """Path -> the picture it is a copy of: a copy's ``source_path``, else the path itself (another
+    film of an original's anatomy is a picture of its own)."""
+    copies = record["kind"].isin(SOURCED_KINDS - RELATED_KINDS)
+    family = record["source_path"].where(copies, record["path"])
+    return pd.Series(family.to_numpy(), index=record["path"])
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -93,7 +99,8 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def planted_vs_found(record: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """Per planted kind of a generated set (``planted.csv``), how many the pipeline found.
 
-    A copy is found when it shares a duplicate cluster with its ``source_path``, an outlier when
+    A copy is found when it shares a duplicate cluster with its ``source_path``, another film of
+    its anatomy (``follow_up``) when it does not (it is not dropped as a copy), an outlier when
     flagged, an unusable file (gif, webp, corrupt, truncated, zero_byte) when its scan status is
     not ``ok``. ``found`` is null where the manifest that would find the kind has not been made.
     """
@@ -116,6 +123,15 @@ def planted_vs_found(record: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
                 found = flags(rows["is_outlier"].reindex(paths))
             else:
                 how += " (run curate outliers)"
+        elif kind in RELATED_KINDS:
+            how = "kept apart from its source's duplicate cluster"
+            if "cluster_id" in rows:
+                film = rows["cluster_id"].reindex(paths).reset_index(drop=True)
+                source = rows["cluster_id"].reindex(group["source_path"]).reset_index(drop=True)
+                apart = film.notna() & source.notna() & film.ne(source)
+                found = pd.Series(flags(apart).to_numpy(), paths)
+            else:
+                how += " (run curate dedupe)"
         elif group["source_path"].notna().all():
             how = "in its source's duplicate cluster"
             if "cluster_id" in rows:
