@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/curation_quality.py [--per-class 150] [--alike 400]
 
-Set A: a split-class set with every kind of planted copy and outlier. A planted copy is found when
-it lands in its source's duplicate cluster; a planted outlier when it is flagged. Precision counts
-grouped pairs whose members come from different originals.
+Set A: a split-class set with every kind of planted copy and outlier, and other films of some
+originals' anatomy. A planted copy is found when it lands in its source's duplicate cluster; a
+planted outlier when it is flagged; another film when it is kept apart from its source's cluster.
+Precision counts grouped pairs whose members come from different originals.
 Set B: every image a different phantom of the same kind and nothing planted, so every grouped pair
 is a false one and every flag a false alarm.
 Also prints the similarity quantiles used to choose the defaults.
@@ -43,6 +44,7 @@ TARGETS = {kind: 0.99 for kind in DUPLICATE_KINDS} | {
     "rotated_small": 0.9,
     "brightness": 0.9,
     "outlier": 0.9,
+    "follow_up": 0.99,  # another film of an original's anatomy: kept apart, not called a copy
 }
 
 
@@ -138,7 +140,7 @@ def run(
         layout="split-class",
         n_per_class=per_class,
         image_size=256,
-        plant_counts={kind: 20 for kind in DUPLICATE_KINDS} | {"outlier": 8},
+        plant_counts={kind: 20 for kind in DUPLICATE_KINDS} | {"outlier": 8, "follow_up": 20},
         seed=1 + seed,
     )
     frame = deduplicate(scan, embeddings, dedupe, root=root)
