@@ -61,15 +61,26 @@ def test_the_same_seed_gives_the_same_split_and_another_seed_another():
     assert not first.equals(make_split(frame, SplitConfig(seed=2))["split"])
 
 
-def test_groups_join_rows_through_clusters_and_patients_transitively():
+def test_groups_join_rows_through_clusters_related_films_and_patients_transitively():
     frame = curated_table(
-        ["a"] * 5,
-        cluster_id=[1, 1, 2, 3, 4],
-        patient_id=["p", "q", "q", "r", None],
+        ["a"] * 6,
+        cluster_id=[1, 1, 2, 3, 4, 5],
+        patient_id=["p", "q", "q", "r", None, None],
+        related_group=[None, None, None, 7, 7, None],
     )
     groups = leakage_groups(frame)
     assert groups[0] == groups[1] == groups[2]  # 0-1 by cluster, 1-2 by patient
-    assert len({groups[0], groups[3], groups[4]}) == 3
+    assert groups[3] == groups[4]  # other films of one anatomy
+    assert len({groups[0], groups[3], groups[5]}) == 3
+
+
+def test_related_films_are_all_kept_in_one_split():
+    labels = ["a", "b"] * 60
+    related = [index // 4 if index < 40 else None for index in range(120)]  # groups of four
+    frame = curated_table(labels, related_group=related)
+    result = make_split(frame, SplitConfig(seed=3))
+    assert result["split"].notna().all()  # related films are not copies: none left out
+    assert (result.groupby("related_group")["split"].nunique() == 1).all()
 
 
 def test_a_patient_or_a_duplicate_cluster_never_spans_two_splits():
