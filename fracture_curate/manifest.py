@@ -26,6 +26,7 @@ from fracture_curate import __version__
 from fracture_curate.errors import CurateError
 from fracture_curate.schema import (
     EMBEDDING_COLUMNS,
+    STAGE_COLUMNS,
     TABLE_STAGES,
     column_type_problem,
     table_columns,
@@ -215,6 +216,14 @@ def check_columns(path: str | Path, stage: str, columns: list[str] | None = None
     stored = pq.read_schema(path)
     missing = [name for name in expected if name not in stored.names]
     if missing:
+        # a column an earlier stage writes (added by a newer version) needs that stage again
+        writers = [s for s in TABLE_STAGES if s != stage and set(missing) & set(STAGE_COLUMNS[s])]
+        if stage in TABLE_STAGES and writers:
+            raise ManifestError(
+                f"{path} lacks column(s) {', '.join(missing)}, which this version of "
+                f"`curate {writers[0]}` and the stages after it write; run `curate {writers[0]}` "
+                f"and each stage after it up to `curate {stage}` again"
+            )
         raise ManifestError(
             f"{path} lacks column(s) {', '.join(missing)}, which `curate {stage}` writes; "
             f"run `curate {stage}` again"

@@ -297,3 +297,12 @@ def test_messages_say_what_is_missing_and_what_to_do(tmp_path):
     with pytest.raises(ManifestError) as raised:
         dataset_root({})
     assert str(raised.value) == "the manifest does not record its dataset folder; pass --root"
+
+
+def test_columns_a_newer_earlier_stage_writes_send_the_user_back_to_that_stage(tmp_path):
+    """A dedupe table from before the scan gained a column names the scan as the stage to rerun."""
+    path = tmp_path / "dedupe.parquet"
+    frame = curated_table(["a", "b"], stage="dedupe")
+    write_manifest(frame.drop(columns=["colourfulness"]), path, stage="dedupe", params={})
+    with pytest.raises(ManifestError, match=r"run `curate scan` and each stage after it up to"):
+        read_manifest(path, stage="dedupe")
