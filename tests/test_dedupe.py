@@ -10,8 +10,12 @@ from PIL import Image
 
 from fracture_curate.dedupe import (
     DedupeConfig,
+    Pairs,
+    RelatedPairs,
+    _without,
     deduplicate,
     leakage,
+    related_columns,
     run_dedupe,
     summarise_dedupe,
 )
@@ -20,6 +24,7 @@ from fracture_curate.images import to_rgb8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan, scan_dataset
+from fracture_curate.schema import MATCH_KINDS
 from fracture_curate.split import leakage_groups
 from fracture_curate.synthetic import draw_phantom
 from fracture_curate.synthetic.planting import follow_up_film
@@ -374,3 +379,57 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     assert sorted(frame["cluster_size"].tolist()) == [1, 2, 2]
     assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
     assert frame["is_kept"].sum() == 2
+
+
+def related(left, right, inliers, matches) -> RelatedPairs:
+    return RelatedPairs(
+        np.array(left), np.array(right), PairEvidence(np.array(inliers), np.array(matches))
+    )
+
+
+def test_related_columns_group_clusters_name_the_strongest_partner_and_the_evidence():
+    ids = pd.Series([f"id{k}" for k in range(6)])
+    components = np.array([0, 0, 1, 2, 3, 4])  # rows 0 and 1 are copies of one another
+    pairs = related([1, 2, 3], [2, 3, 0], [30, 40, 25], [120, 100, 50])
+    columns = related_columns(components, pairs, ids)
+    assert columns["related_group"].tolist()[:4] == [columns["related_group"][0]] * 4
+    assert columns["related_group"].notna().tolist() == [True] * 4 + [False] * 2
+    # row 2 is related to 1 (30 keypoints) and 3 (40): the stronger names it
+    assert columns["related_to"].tolist()[:4] == ["id3", "id2", "id3", "id2"]
+    assert columns["related_to"].iloc[4:].isna().all()
+    assert columns.loc[2, "related_evidence"] == "40 keypoints on one transform, 40% of 100 matches"
+    assert columns.loc[1, "related_evidence"] == "30 keypoints on one transform, 25% of 120 matches"
+    assert columns.loc[0, "related_evidence"] == "25 keypoints on one transform, 50% of 50 matches"
+    assert columns.loc[[4, 5], "related_evidence"].isna().all()
+
+
+def test_related_columns_tie_on_keypoints_go_to_the_first_image_and_copies_are_not_related():
+    ids = pd.Series(["b", "a", "c"])
+    tie = related_columns(np.array([0, 1, 2]), related([2, 2], [0, 1], [20, 20], [90, 80]), ids)
+    assert tie.loc[2, "related_to"] == "a"
+    copies = related_columns(np.array([0, 0, 1]), related([0], [1], [30], [100]), ids)
+    assert copies["related_group"].isna().all() and copies["related_to"].isna().all()
+    none = related_columns(np.array([0, 1, 2]), RelatedPairs.none(), ids)
+    assert none["related_group"].isna().all() and none["related_evidence"].isna().all()
+
+
+def test_similarity_matches_between_related_films_are_vetoed_and_no_others():
+    kinds = {kind: MATCH_KINDS.index(kind) for kind in MATCH_KINDS}
+    pairs = Pairs(
+        left=np.array([0, 2, 0, 1, 0]),
+        right=np.array([1, 1, 1, 3, 3]),
+        kind=np.array(
+            [kinds["phash"], kinds["embedding"], kinds["bytes"], kinds["embedding"], kinds["phash"]]
+        ),
+        similarity=np.ones(5),
+    )
+    ids = pd.Series(["x", "y", "x", "z"])  # rows 0 and 2: the same file, byte for byte
+    kept = _without(pairs, related([1], [0], [30], [100]), ids)  # films y and x are related
+    assert list(zip(kept.left.tolist(), kept.right.tolist(), strict=True)) == [
+        (0, 1),
+        (1, 3),
+        (0, 3),
+    ]
+    assert kept.kind.tolist() == [kinds["bytes"], kinds["embedding"], kinds["phash"]]
+    untouched = _without(pairs, RelatedPairs.none(), ids)
+    assert untouched.left.tolist() == pairs.left.tolist()

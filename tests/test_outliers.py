@@ -14,14 +14,19 @@ from sklearn.ensemble import IsolationForest
 from fracture_curate.dedupe import DedupeConfig, run_dedupe
 from fracture_curate.manifest import manifest_path, read_provenance
 from fracture_curate.outliers import (
+    COLOURFUL,
     MIN_CLASS_SIZE,
     OutlierConfig,
+    component_cap,
     isolation_scores,
+    neighbour_distances,
     parse_contamination,
     principal_components,
+    radiograph_checks,
     robust_flags,
     run_outliers,
     score_outliers,
+    summarise_outliers,
 )
 from fracture_curate.scan import run_scan
 from fracture_curate.vectors import unit_rows
@@ -254,3 +259,111 @@ def test_colour_photos_among_twenty_radiographs_are_all_flagged_with_their_reaso
         flagged["outlier_reason"].notna().all()
         and frame.loc[~frame["is_outlier"], "outlier_reason"].isna().all()
     )
+
+
+def checks_table(**columns: object) -> pd.DataFrame:
+    """Scan columns of ten 8-bit grayscale 400 x 300 images, with ``columns`` overriding."""
+    values = {
+        "colourfulness": [0.0] * 10,
+        "std_intensity": [0.2] * 10,
+        "bit_depth": [8] * 10,
+        "width": [400] * 10,
+        "height": [300] * 10,
+    } | columns
+    return pd.DataFrame(values)
+
+
+def test_a_colourful_picture_is_flagged_only_among_mostly_grayscale_images():
+    colour = [COLOURFUL, COLOURFUL * 0.99] + [0.0] * 8  # at the cut-off, and just under it
+    assert (
+        radiograph_checks(checks_table(colourfulness=colour))["colour"].tolist()
+        == [True] + [False] * 9
+    )
+    mostly_colour = [0.3] * 5 + [0.0] * 5  # half the set colourful: colour is not strange here
+    assert not radiograph_checks(checks_table(colourfulness=mostly_colour))["colour"].any()
+    unknown = [None] * 9 + [0.3]  # a missing colourfulness counts as gray
+    assert radiograph_checks(checks_table(colourfulness=unknown))["colour"].tolist() == [
+        False
+    ] * 9 + [True]
+
+
+def test_a_blank_image_is_judged_against_the_images_of_its_bit_depth():
+    contrast = [0.2] * 6 + [0.039, 0.041, 0.004, 0.003]  # 0.2 x median 0.2 = 0.04
+    depth = [8] * 8 + [16, 16]  # two 16-bit images of equally faint contrast: their own median
+    checks = radiograph_checks(checks_table(std_intensity=contrast, bit_depth=depth))
+    assert checks["blank"].tolist() == [False] * 6 + [True, False, False, False]
+    colourful = radiograph_checks(
+        checks_table(std_intensity=[0.2] * 9 + [0.001], colourfulness=[0.0] * 9 + [0.3])
+    )
+    assert checks["blank"].iloc[6] and not colourful["blank"].iloc[9]  # a colour flag instead
+    assert colourful["colour"].iloc[9]
+
+
+def test_a_thumbnail_or_a_banner_is_an_absurd_size():
+    width = [400] * 7 + [79, 81, 1200]  # a fifth of the side is 80; 1200 x 300 is 4:1
+    height = [300] * 7 + [60, 61, 300]
+    checks = radiograph_checks(checks_table(width=width, height=height))
+    assert checks["size"].tolist() == [False] * 7 + [True, False, False]
+    banner = radiograph_checks(checks_table(width=[400] * 9 + [1201], height=[300] * 10))
+    assert banner["size"].tolist() == [False] * 9 + [True]
+    assert not radiograph_checks(checks_table(height=[400] * 10, width=[300] * 10))["size"].any()
+
+
+def test_neighbour_distances_match_brute_force_in_tiles_and_cap_k():
+    vectors = np.random.default_rng(8).gamma(1.0, 1.0, (23, 6)).astype(np.float32)
+    unit = unit_rows(vectors)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = -np.sort(-similarity, axis=1)
+    for k in (1, 3):
+        expected = 1 - nearest[:, :k].mean(axis=1)
+        assert np.allclose(neighbour_distances(vectors, k, block=5), expected, atol=1e-6)
+    whole = 1 - nearest[:, :22].mean(axis=1)  # k above n - 1 means every other row
+    assert np.allclose(neighbour_distances(vectors, 50), whole, atol=1e-6)
+    assert np.allclose(neighbour_distances(vectors, 3), neighbour_distances(vectors * 7.0, 3))
+
+
+def test_the_component_cap_is_the_square_root_of_the_images_up_to_fifty():
+    assert [component_cap(n) for n in (3, 20, 200, 1000, 2500, 2601, 10**6)] == [
+        2,
+        4,
+        14,
+        31,
+        50,
+        50,
+        50,
+    ]
+    vectors = np.random.default_rng(1).normal(size=(30, 40))
+    assert principal_components(vectors, 0.9999, 0).shape == (30, component_cap(30))
+    assert principal_components(vectors, 12, 0).shape == (30, 12)  # a count is used as given
+
+
+def test_copies_take_their_kept_copy_s_scores_and_an_unknown_cluster_speaks_for_itself():
+    labels, vectors = clusters({"a": 30})
+    vectors[29] = np.random.default_rng(5).gamma(1.0, 1.0, vectors.shape[1]) * 4  # a stranger
+    frame, embeddings = table_and_embeddings(labels, vectors)
+    copy = frame.loc[0].copy()  # a copy of the stranger in its cluster, that looks ordinary
+    copy[["cluster_id", "is_kept", "image_id", "path"]] = [29, False, "f" * 64, "a/copy.png"]
+    frame.loc[30] = copy
+    embeddings.loc[30] = ["f" * 64, vectors[0]]
+    scored = score_outliers(frame, embeddings, OutlierConfig(**FAST))
+    assert scored.loc[30, "outlier_score"] == scored.loc[29, "outlier_score"]
+    assert scored.loc[30, "is_outlier"] and scored.loc[29, "is_outlier"]
+    unknown = frame.assign(
+        cluster_id=pd.array([None] * len(frame), dtype="Int64"),
+        is_kept=pd.array([None] * len(frame), dtype="boolean"),
+    )
+    alone = score_outliers(unknown, embeddings, OutlierConfig(**FAST))
+    assert alone["outlier_score"].notna().all()
+    assert alone.loc[30, "outlier_score"] != alone.loc[29, "outlier_score"]
+
+
+def test_the_summary_counts_each_reason_once_per_distinct_image():
+    frame = curated_table(
+        ["a"] * 4,
+        image_id=["1" * 64, "1" * 64, "2" * 64, "3" * 64],
+        is_outlier=[True, True, True, False],
+        outlier_reason=["colour, neighbours", "colour, neighbours", "isolation", None],
+    )
+    counts = summarise_outliers(frame)["images flagged"].to_dict()
+    assert counts == {"colour": 1, "blank": 0, "size": 0, "isolation": 1, "neighbours": 1}
