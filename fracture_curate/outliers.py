@@ -230,7 +230,7 @@ def score_outliers(
     found = pd.DataFrame({"isolation": isolated, "neighbours": distant}, index=files.index)
     if config.checks:
         found = radiograph_checks(files).join(found)
-    reasons = found.reindex(columns=list(OUTLIER_REASONS)).fillna(False).astype(bool)
+    reasons = found.reindex(columns=list(OUTLIER_REASONS), fill_value=False).astype(bool)
     by_file = pd.DataFrame(
         {
             "outlier_score": scores,

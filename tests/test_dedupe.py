@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -379,6 +381,28 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     assert sorted(frame["cluster_size"].tolist()) == [1, 2, 2]
     assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
     assert frame["is_kept"].sum() == 2
+    stricter = replace(config, copy_share=0.6)  # 40 of 80 is no longer a copy: all related
+    frame = deduplicate(scan, embeddings, stricter, root=tmp_path)
+    assert frame["cluster_size"].eq(1).all() and frame["related_group"].nunique() == 1
+
+
+def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, monkeypatch):
+    for index in range(3):
+        phantom(50 + index).save(tmp_path / f"{index}.png")
+    scan = scanned(tmp_path)
+    embeddings = random_embeddings(scan, seed=4)
+    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
+
+    def verify(files, i, j, on_progress=None):
+        """The first pair exactly the related threshold of keypoints, the rest one fewer; a
+        tenth of the matches: never a copy."""
+        inliers = np.full(len(i), config.related_threshold - 1)
+        inliers[0] = config.related_threshold
+        return PairEvidence(inliers, inliers * 10)
+
+    monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
+    frame = deduplicate(scan, embeddings, config, root=tmp_path)
+    assert frame["related_group"].notna().sum() == 2 and frame["cluster_size"].eq(1).all()
 
 
 def related(left, right, inliers, matches) -> RelatedPairs:
@@ -390,14 +414,14 @@ def related(left, right, inliers, matches) -> RelatedPairs:
 def test_related_columns_group_clusters_name_the_strongest_partner_and_the_evidence():
     ids = pd.Series([f"id{k}" for k in range(6)])
     components = np.array([0, 0, 1, 2, 3, 4])  # rows 0 and 1 are copies of one another
-    pairs = related([1, 2, 3], [2, 3, 0], [30, 40, 25], [120, 100, 50])
+    pairs = related([1, 2, 3], [2, 3, 0], [30, 66, 25], [120, 100, 50])
     columns = related_columns(components, pairs, ids)
     assert columns["related_group"].tolist()[:4] == [columns["related_group"][0]] * 4
     assert columns["related_group"].notna().tolist() == [True] * 4 + [False] * 2
-    # row 2 is related to 1 (30 keypoints) and 3 (40): the stronger names it
+    # row 2 is related to 1 (30 keypoints) and 3 (66): the stronger names it
     assert columns["related_to"].tolist()[:4] == ["id3", "id2", "id3", "id2"]
     assert columns["related_to"].iloc[4:].isna().all()
-    assert columns.loc[2, "related_evidence"] == "40 keypoints on one transform, 40% of 100 matches"
+    assert columns.loc[2, "related_evidence"] == "66 keypoints on one transform, 66% of 100 matches"
     assert columns.loc[1, "related_evidence"] == "30 keypoints on one transform, 25% of 120 matches"
     assert columns.loc[0, "related_evidence"] == "25 keypoints on one transform, 50% of 50 matches"
     assert columns.loc[[4, 5], "related_evidence"].isna().all()
@@ -409,6 +433,8 @@ def test_related_columns_tie_on_keypoints_go_to_the_first_image_and_copies_are_n
     assert tie.loc[2, "related_to"] == "a"
     copies = related_columns(np.array([0, 0, 1]), related([0], [1], [30], [100]), ids)
     assert copies["related_group"].isna().all() and copies["related_to"].isna().all()
+    single = related_columns(np.array([0, 1, 2]), related([0], [1], [30], [100]), ids)
+    assert single["related_group"].notna().tolist() == [True, True, False]
     none = related_columns(np.array([0, 1, 2]), RelatedPairs.none(), ids)
     assert none["related_group"].isna().all() and none["related_evidence"].isna().all()
 
