@@ -381,9 +381,17 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     assert sorted(frame["cluster_size"].tolist()) == [1, 2, 2]
     assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
     assert frame["is_kept"].sum() == 2
-    stricter = replace(config, copy_share=0.6)  # 40 of 80 is no longer a copy: all related
+
+    def verify_one(files, i, j, on_progress=None):
+        """The first pair 40 of 80 matches on one transform, the others too few to relate."""
+        inliers = np.full(len(i), 5)
+        inliers[0] = 40
+        return PairEvidence(inliers, np.full(len(i), 80))
+
+    monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify_one)
+    stricter = replace(config, copy_share=0.6)  # 40 of 80 is no longer a copy, but related
     frame = deduplicate(scan, embeddings, stricter, root=tmp_path)
-    assert frame["cluster_size"].eq(1).all() and frame["related_group"].nunique() == 1
+    assert frame["cluster_size"].eq(1).all() and frame["related_group"].notna().sum() == 2
 
 
 def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, monkeypatch):
@@ -394,11 +402,11 @@ def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, m
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
     def verify(files, i, j, on_progress=None):
-        """The first pair exactly the related threshold of keypoints, the rest one fewer; a
-        tenth of the matches: never a copy."""
+        """The first pair exactly the related threshold of keypoints, the rest one fewer; almost
+        every match on the transform, but too few keypoints for a copy."""
         inliers = np.full(len(i), config.related_threshold - 1)
         inliers[0] = config.related_threshold
-        return PairEvidence(inliers, inliers * 10)
+        return PairEvidence(inliers, inliers + 1)
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
     frame = deduplicate(scan, embeddings, config, root=tmp_path)

@@ -127,6 +127,12 @@ def test_a_manifest_must_hold_its_stage_s_columns_of_their_types(tmp_path):
     write_manifest(frame.drop(columns=["is_kept", "label"]), path, stage="dedupe", params={})
     with pytest.raises(ManifestError, match=r"lacks column\(s\) label, is_kept, which"):
         read_manifest(path, stage="dedupe")
+    write_manifest(frame.drop(columns=["cluster_id", "is_kept"]), path, stage="dedupe", params={})
+    own = (
+        r"lacks column\(s\) cluster_id, is_kept, which `curate dedupe` writes; run `curate dedupe`"
+    )
+    with pytest.raises(ManifestError, match=own):
+        read_manifest(path, stage="dedupe")
     write_manifest(frame.assign(cluster_id=["x", "y"]), path, stage="dedupe", params={})
     with pytest.raises(ManifestError, match=r"damaged: cluster_id is \w*string, not Int64"):
         read_manifest(path, stage="dedupe")
