@@ -22,6 +22,7 @@ from fracture_curate.manifest import (
     ManifestError,
     atomic_path,
     check_chain,
+    check_manifest,
     dataset_root,
     folder_lock,
     manifest_path,
@@ -312,3 +313,31 @@ def test_columns_a_newer_earlier_stage_writes_send_the_user_back_to_that_stage(t
     write_manifest(frame.drop(columns=["colourfulness"]), path, stage="dedupe", params={})
     with pytest.raises(ManifestError, match=r"run `curate scan` and each stage after it up to"):
         read_manifest(path, stage="dedupe")
+
+
+def test_check_manifest_says_what_is_missing_which_stage_wrote_it_and_checks_the_columns_asked(
+    tmp_path,
+):
+    missing = tmp_path / "dedupe.parquet"
+    with pytest.raises(ManifestError) as error:
+        check_manifest(missing, stage="dedupe")
+    assert str(error.value) == f"{missing} does not exist. Run `curate dedupe` first."
+    with pytest.raises(ManifestError) as error:
+        check_manifest(missing)
+    assert str(error.value) == f"{missing} does not exist."
+    scan = tmp_path / "scan.parquet"
+    write_manifest(curated_table(["a"], stage="scan"), scan, stage="scan", params={})
+    with pytest.raises(ManifestError) as error:
+        check_manifest(scan, stage="dedupe")
+    assert str(error.value) == f"{scan} was written by stage 'scan', expected 'dedupe'"
+    partial = curated_table(["a"], stage="dedupe").drop(columns="is_kept")
+    write_manifest(partial, missing, stage="dedupe", params={})
+    assert check_manifest(missing, stage="dedupe", columns=["path", "cluster_id"])["stage"] == (
+        "dedupe"
+    )
+    with pytest.raises(ManifestError, match="lacks column"):
+        check_manifest(missing, stage="dedupe")
+    embeddings = tmp_path / "embeddings.parquet"
+    write_manifest(pd.DataFrame({"image_id": ["x"]}), embeddings, stage="embed", params={})
+    with pytest.raises(ManifestError, match=r"lacks column\(s\) embedding"):
+        check_manifest(embeddings, stage="embed")

@@ -373,7 +373,9 @@ def test_the_summary_counts_each_reason_once_per_distinct_image():
         is_outlier=[True, True, True, False],
         outlier_reason=["colour, neighbours", "colour, neighbours", "isolation", None],
     )
-    counts = summarise_outliers(frame)["images flagged"].to_dict()
+    summary = summarise_outliers(frame)
+    assert summary.index.name == "reason" and list(summary.columns) == ["images flagged"]
+    counts = summary["images flagged"].to_dict()
     assert counts == {"colour": 1, "blank": 0, "size": 0, "isolation": 1, "neighbours": 1}
 
 
