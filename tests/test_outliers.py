@@ -400,6 +400,8 @@ def test_reasons_are_joined_in_order_and_follow_each_row_whatever_the_index():
     stranger = scored.loc[105, "outlier_reason"].split(", ")
     assert stranger[0] == "colour" and "neighbours" in stranger and len(stranger) >= 2
     assert scored.loc[140, "outlier_reason"] == scored.loc[105, "outlier_reason"]
+    alone = score_outliers(frame.drop(index=140), embeddings, OutlierConfig(**FAST))
+    assert scored.loc[105, "neighbour_distance"] == alone.loc[105, "neighbour_distance"]
     assert scored.loc[109, "outlier_reason"] == "colour"
     unchecked = score_outliers(frame, embeddings, OutlierConfig(checks=False, **FAST))
     assert not unchecked.loc[109, "is_outlier"] and pd.isna(unchecked.loc[109, "outlier_reason"])
