@@ -104,6 +104,11 @@ def test_outliers_leave_the_split_only_when_asked():
     assert dropped.loc[[3, 7], "split"].isna().all()
     assert (dropped.loc[[3, 7], "excluded_reason"] == "outlier").all()
     assert dropped.loc[3, "excluded_detail"] == "flagged by colour, neighbours"
+    by_hand = frame.assign(
+        outlier_reason=pd.array([None] * 40, dtype="string")
+    )  # flags set by hand
+    detail = make_split(by_hand, SplitConfig(drop_outliers=True)).loc[3, "excluded_detail"]
+    assert detail == "flagged by curate outliers"
     assert dropped["split"].notna().sum() == 38
 
 
