@@ -235,6 +235,7 @@ def embed(
     console.print(
         f"weights: {params['weights']} (sha256 {str(params['weights_sha256'])[:12]}...), "
         f"layer {layer} ({params['dim']}-d), {image_size}px {resize}"
+        + (f"; device: {result.device}" if result.device else "")
     )
     console.print(
         f"embedded {result.embedded}, reused {result.reused}, "

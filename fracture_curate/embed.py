@@ -81,6 +81,7 @@ class EmbedResult:
     failed: dict[str, Failure]  #: image_id -> (status, reason), for images not loaded now
     discarded: list[str]  #: damaged part files of an earlier run, discarded and redone
     params: dict[str, Any]
+    device: str | None = None  #: where this run embedded ("cpu (fp32)"); None: nothing to embed
 
 
 def embed_manifest(
@@ -124,11 +125,12 @@ def embed_manifest(
         phase = Phase(on_progress, "embedding", len(todo))
 
         failed: dict[str, Failure] = {}
+        used = None
         if todo.empty:
             source = previous.provenance["params"]["weights_source"] if previous else "earlier run"
             params = identity | {"weights_source": source}
         else:
-            params, failed = _embed_into_parts(
+            params, failed, used = _embed_into_parts(
                 scanned_files(todo, dataset_root(scan_provenance, root)),
                 parts,
                 config,
@@ -159,6 +161,7 @@ def embed_manifest(
         failed=failed,
         discarded=parts.discarded,
         params=params,
+        device=used,
     )
 
 
@@ -173,10 +176,11 @@ def _embed_into_parts(
     workers: int | None,
     checkpoint_every: int,
     on_batch: Callable[[int], None],
-) -> tuple[dict[str, Any], dict[str, Failure]]:
+) -> tuple[dict[str, Any], dict[str, Failure], str]:
     """Load the model, embed ``files`` and save the vectors in a part every ``checkpoint_every``
-    images. Returns the run's parameters and the failures (image id -> (status, reason)).
-    ``on_batch(n)`` is called as each batch of ``n`` images is done."""
+    images. Returns the run's parameters, the failures (image id -> (status, reason)) and the
+    device it ran on, with its precision. ``on_batch(n)`` is called as each batch of ``n``
+    images is done."""
     from fracture_curate.embedder import default_batch_size, embed_files, load_embedder  # torch
 
     torch_device = resolve_device(device)
@@ -204,7 +208,8 @@ def _embed_into_parts(
         on_batch(len(indices) + len(failures))
     if pending_ids:
         parts.write(pending_ids, np.concatenate(pending_vectors), params)
-    return params, failed
+    precision = "bf16" if torch_device.type == "cuda" else "fp32"
+    return params, failed, f"{torch_device} ({precision})"
 
 
 def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:

@@ -109,6 +109,11 @@ def test_rerun_embeds_only_what_is_missing(tmp_path):
     scan_into(data, manifests)
     second = embed_manifest(manifests, FAST, workers=0)
     assert (first.embedded, second.reused, second.embedded) == (5, 5, 1)
+    import torch
+
+    on_gpu = torch.cuda.is_available()  # "auto" names what it chose, with its precision
+    assert first.device == ("cuda (bf16)" if on_gpu else "cpu (fp32)")
+    assert embed_manifest(manifests, FAST, workers=0).device is None  # nothing left to embed
     changed = embed_manifest(manifests, EmbedConfig(weights="random", image_size=96), workers=0)
     assert (changed.reused, changed.embedded) == (0, 6)  # other settings: nothing mixed
 
