@@ -25,6 +25,8 @@ from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.layouts import LAYOUTS
 from fracture_curate.manifest import manifest_path
 from fracture_curate.outliers import (
+    ISOLATION_Z,
+    MAX_COMPONENTS,
     OutlierConfig,
     parse_contamination,
     run_outliers,
@@ -352,13 +354,14 @@ def outliers(
         float,
         typer.Option(
             help="PCA: explained variance to keep (below 1; at most the square root of the "
-            "number of images, and 50) or a number of components (1 or more).",
+            f"number of images, and {MAX_COMPONENTS}) or a number of components (1 or more).",
         ),
     ] = OutlierConfig.components,
     contamination: Annotated[
         str,
         typer.Option(
-            help="How Isolation Forest scores become flags: 'robust' (modified z-score > 4.5), "
+            help="How Isolation Forest scores become flags: 'robust' (modified z-score > "
+            f"{ISOLATION_Z:g}), "
             "'auto' (Isolation Forest's fixed offset) or an expected outlier fraction in (0, 0.5].",
         ),
     ] = str(OutlierConfig.contamination),
