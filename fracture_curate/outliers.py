@@ -31,7 +31,7 @@ import pandas as pd
 from fracture_curate.manifest import folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.schema import OUTLIER_COLUMNS, OUTLIER_REASONS, empty_columns, flags
-from fracture_curate.vectors import embedding_matrix, unit_rows
+from fracture_curate.vectors import embedding_matrix, nearest_similarities, unit_rows
 
 MIN_CLASS_SIZE = 20  #: smaller classes are scored with the global model instead
 #: Cut-offs of the modified z-score, 0.6745 (x - median) / MAD, of each view's scores. Iglewicz
@@ -139,24 +139,15 @@ def principal_components(vectors: np.ndarray, components: float, seed: int) -> n
 
 def neighbour_distances(vectors: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """Each row's mean cosine distance to its ``k`` nearest other rows (in tiles, never an
-    N x N matrix).
+    N x N matrix: :func:`~fracture_curate.vectors.nearest_similarities`).
 
     Plain cosine, not centred: centred, the crowd's residuals are near-orthogonal to one another
     (every image about as far from its neighbours as from any other) while a few outliers of one
     kind share the direction that sets them apart, and end up closer to their neighbours than
     the crowd is.
     """
-    unit = unit_rows(vectors.astype(np.float32))
-    n = len(unit)
-    k = min(k, n - 1)
-    distances = np.empty(n, dtype=np.float64)
-    for start in range(0, n, block):
-        similarity = unit[start : start + block] @ unit.T
-        rows = np.arange(len(similarity))
-        similarity[rows, rows + start] = -np.inf  # not its own neighbour
-        nearest = -np.partition(-similarity, k - 1, axis=1)[:, :k]
-        distances[start : start + block] = 1.0 - nearest.mean(axis=1)
-    return distances
+    nearest = nearest_similarities(unit_rows(vectors.astype(np.float32)), k, block)
+    return 1.0 - nearest.mean(axis=1, dtype=np.float64)
 
 
 def robust_flags(scores: np.ndarray, z: float) -> np.ndarray:

@@ -407,3 +407,20 @@ def test_reasons_are_joined_in_order_and_follow_each_row_whatever_the_index():
     assert not unchecked.loc[109, "is_outlier"] and pd.isna(unchecked.loc[109, "outlier_reason"])
     assert "colour" not in unchecked.loc[105, "outlier_reason"]
     assert unchecked["is_outlier"].sum() <= 3
+
+
+def test_neighbour_distances_in_tiles_of_one_row_when_the_set_is_wide(monkeypatch):
+    """A tile holds at most TILE_ELEMENTS similarities: on a wide set it shrinks to a row."""
+    vectors = np.random.default_rng(2).normal(size=(120, 8)).astype(np.float32)
+    whole = neighbour_distances(vectors, 3)
+    shapes = []
+    real_partition = np.partition
+
+    def spy(values, *args, **kwargs):
+        shapes.append(values.shape)
+        return real_partition(values, *args, **kwargs)
+
+    monkeypatch.setattr("fracture_curate.vectors.TILE_ELEMENTS", 200)  # one row of 120 fits
+    monkeypatch.setattr("fracture_curate.vectors.np.partition", spy)
+    assert np.allclose(neighbour_distances(vectors, 3), whole, atol=1e-6)
+    assert set(shapes) == {(1, 120)}
