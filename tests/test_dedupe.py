@@ -62,6 +62,15 @@ def random_embeddings(scan: pd.DataFrame, seed: int) -> pd.DataFrame:
     )
 
 
+def three_phantoms(folder, first: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Three different phantoms in ``folder`` (0.png, 1.png, 2.png), scanned, with unrelated
+    random embeddings."""
+    for index in range(3):
+        phantom(first + index).save(folder / f"{index}.png")
+    scan = scanned(folder)
+    return scan, random_embeddings(scan, seed=seed)
+
+
 def by_path(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.set_index("path")
 
@@ -179,10 +188,7 @@ def test_the_geometry_layer_finds_a_turned_copy_only_when_on(tmp_path):
 
 
 def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_path, monkeypatch):
-    for index in range(3):
-        phantom(30 + index).save(tmp_path / f"{index}.png")
-    scan = scanned(tmp_path)
-    embeddings = random_embeddings(scan, seed=3)
+    scan, embeddings = three_phantoms(tmp_path, first=30, seed=3)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # neighbours, no cosine match
     checked = {}
 
@@ -363,10 +369,7 @@ def test_other_films_of_one_anatomy_are_kept_grouped_and_split_together(tmp_path
 def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     tmp_path, monkeypatch
 ):
-    for index in range(3):
-        phantom(40 + index).save(tmp_path / f"{index}.png")
-    scan = scanned(tmp_path)
-    embeddings = random_embeddings(scan, seed=3)
+    scan, embeddings = three_phantoms(tmp_path, first=40, seed=3)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
     def verify(files, i, j, on_progress=None):
@@ -395,10 +398,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
 
 
 def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, monkeypatch):
-    for index in range(3):
-        phantom(50 + index).save(tmp_path / f"{index}.png")
-    scan = scanned(tmp_path)
-    embeddings = random_embeddings(scan, seed=4)
+    scan, embeddings = three_phantoms(tmp_path, first=50, seed=4)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
     def verify(files, i, j, on_progress=None):
