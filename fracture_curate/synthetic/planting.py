@@ -235,9 +235,7 @@ def _brighten(rng: np.random.Generator, image: Image.Image) -> tuple[Image.Image
 def _follow_up(writer: DatasetWriter, entry: RecordEntry, source: RecordEntry) -> bytes:
     """Another film of the source's anatomy (a related image, not a copy): see
     :func:`follow_up_film`."""
-    with Image.open(writer.root / source.path) as image:
-        pixels = np.asarray(image.convert("I;16") if image.mode.startswith("I") else image)
-    film, entry.detail = follow_up_film(writer.rng, pixels)
+    film, entry.detail = follow_up_film(writer.rng, np.asarray(_source_image(writer, source)))
     return encode(Image.fromarray(film), entry.file_format, entry.quality)
 
 
