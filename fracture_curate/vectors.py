@@ -8,6 +8,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+#: The most similarities a tile of a row-against-all search holds (64 MiB of float32): at a
+#: million images a tile is 16 rows, not the 4 GiB that 1024 rows would take.
+TILE_ELEMENTS = 1 << 24
+
+
+def tile_rows(n: int, block: int) -> int:
+    """Rows per tile of a search of each of ``n`` rows against all: ``block``, fewer when the
+    tile would hold more than :data:`TILE_ELEMENTS` similarities, at least one."""
+    return max(1, min(block, TILE_ELEMENTS // max(n, 1)))
+
 
 def embedding_matrix(embeddings: pd.DataFrame, image_ids: Sequence[str]) -> np.ndarray:
     """The rows of an ``embeddings.parquet`` table for ``image_ids``, in that order: N x D."""
@@ -58,11 +68,12 @@ def nearest_neighbours(
 
     ``unit`` holds L2-normalised rows. Returns ``(i, j, cosine)`` with ``i < j``, each pair once,
     sorted by ``(i, j)``. Rows that tie with a row's k-th best are kept too. The search runs in
-    tiles of ``block`` rows, so memory is ``2 x block x N`` floats, never N x N.
+    tiles of at most ``block`` rows and :data:`TILE_ELEMENTS` similarities, never N x N.
     """
     n = len(unit)
     k = min(k, n - 1)
     lefts, rights, cosines = [], [], []
+    block = tile_rows(n, block)
     for start in range(0, n if k > 0 else 0, block):
         similarity = unit[start : start + block] @ unit.T
         rows = np.arange(len(similarity))
@@ -80,11 +91,6 @@ def nearest_neighbours(
     return low[first], high[first], cosine[first]
 
 
-#: The most similarities a tile of a row-against-all search holds (64 MiB of float32): at a
-#: million images a tile is 16 rows, not the 4 GiB that 1024 rows would take.
-TILE_ELEMENTS = 1 << 24
-
-
 def nearest_similarities(unit: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """Each row's ``k`` highest cosines with the other rows (``k`` at most N - 1), N x k,
     unordered within a row.
@@ -94,7 +100,7 @@ def nearest_similarities(unit: np.ndarray, k: int, block: int = 1024) -> np.ndar
     """
     n = len(unit)
     k = min(k, n - 1)
-    rows_per_tile = max(1, min(block, TILE_ELEMENTS // max(n, 1)))
+    rows_per_tile = tile_rows(n, block)
     nearest = np.empty((n, max(k, 0)), dtype=np.float32)
     for start in range(0, n if k > 0 else 0, rows_per_tile):
         similarity = unit[start : start + rows_per_tile] @ unit.T

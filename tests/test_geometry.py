@@ -12,7 +12,7 @@ from fracture_curate.geometry import RELATED_INLIERS, verify_pairs
 from fracture_curate.images import to_rgb8
 from fracture_curate.synthetic import draw_phantom
 from fracture_curate.synthetic.planting import follow_up_film
-from fracture_curate.vectors import nearest_neighbours
+from fracture_curate.vectors import nearest_neighbours, tile_rows
 
 
 def turned(image: Image.Image, angle: float) -> Image.Image:
@@ -139,3 +139,13 @@ def test_candidates_equal_brute_force_top_k(n, k, floor, block):
     i, j, cosine = nearest_neighbours(unit, k, floor, block)
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_candidates(unit, k, floor)
     np.testing.assert_allclose(cosine, np.einsum("ij,ij->i", unit[i], unit[j]), atol=1e-5)
+
+
+def test_candidates_in_tiles_bounded_by_memory_equal_brute_force(monkeypatch):
+    """On a wide set the tile shrinks below ``block`` rows (here to 2) and finds the same."""
+    unit = np.random.default_rng(3).standard_normal((150, 12)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    monkeypatch.setattr("fracture_curate.vectors.TILE_ELEMENTS", 300)
+    assert tile_rows(150, 1024) == 2
+    i, j, _ = nearest_neighbours(unit, 4, -1.0)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_candidates(unit, 4, -1.0)
