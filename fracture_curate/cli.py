@@ -141,7 +141,9 @@ def scan(
                 root, out, config, workers=workers, on_progress=ProgressBars(progress)
             )
         path = manifest_path(out, "scan")
-    console.print(emphasised("layout: ", result.layout))
+    console.print(emphasised("layout: ", result.layout_explained))
+    for line in result.layout_warnings:
+        console.print(warning(line))
     for line, is_warning in patient_lines(result):
         console.print(warning(line) if is_warning else line)
     kept = int((result.frame["status"] == "ok").sum())

@@ -16,8 +16,10 @@ Patient keys (``patient_id``, ``study_id``) come from MURA paths and the labels 
 
 from __future__ import annotations
 
+import csv
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +28,14 @@ import pandas as pd
 from fracture_curate.errors import ConfigError, CurateError
 
 LAYOUTS = ("auto", "class", "split-class", "class-split", "mura", "csv", "none")
+#: Where each folder layout reads labels from, in words.
+LAYOUT_SHAPES = {
+    "class": "ROOT/<class>/...",
+    "split-class": "ROOT/<split>/<class>/...",
+    "class-split": "ROOT/<class>/<split>/...",
+    "mura": ".../XR_<REGION>/patient<ID>/study<N>_{positive,negative}/...",
+    "none": "no folders (a flat folder, no labels)",
+}
 
 _SPLIT_SYNONYMS = {
     "train": "train",
@@ -162,8 +172,11 @@ def normalise_split(name: str) -> str | None:
 
 def detect_layout(paths: list[str]) -> str:
     """Guess the layout from relative POSIX paths by a majority vote over the files."""
-    if not paths:
-        return "none"
+    return layout_votes(paths).most_common(1)[0][0] if paths else "none"
+
+
+def layout_votes(paths: Iterable[str]) -> Counter[str]:
+    """How many of ``paths`` (relative, POSIX) fit each folder layout best."""
     votes: Counter[str] = Counter()
     for path in paths:
         parts = PurePosixPath(path).parts[:-1]
@@ -177,7 +190,7 @@ def detect_layout(paths: list[str]) -> str:
             votes["class"] += 1
         else:
             votes["none"] += 1
-    return votes.most_common(1)[0][0]
+    return votes
 
 
 def labels_from_path(path: str, layout: str) -> FileLabels:
@@ -278,3 +291,139 @@ def read_label_csv(csv_path: str | Path) -> dict[str, FileLabels]:
             body_region=cell(row, "body_region"),
         )
     return labels
+
+
+#: A CSV is a table of the set's images when at least this share of its rows names one of them.
+TABLE_SHARE = 0.5
+#: A CSV larger than this is not read for evidence (a labels CSV of a million rows is smaller).
+MAX_TABLE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class ImageTable:
+    """A CSV in the dataset that names the dataset's files: a labels CSV (FracAtlas), a list of
+    image paths (MURA), ``curate synth``'s record."""
+
+    path: str  #: relative to the dataset root, POSIX
+    rows: int  #: rows, a header included
+    named: int  #: rows with a cell that names a file of the set
+
+
+def _tails(path: str) -> Iterator[str]:
+    """``a/b/c.png``, ``b/c.png`` and ``c.png``: the trailing parts of a path."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    for start in range(len(parts)):
+        yield "/".join(parts[start:])
+
+
+def find_image_tables(root: Path, paths: Iterable[str]) -> list[ImageTable]:
+    """The CSV files among ``paths`` (relative to ``root``) whose rows mostly name other files
+    among ``paths``.
+
+    A cell names a file when one of its trailing parts (``a/b/c.png``, ``b/c.png``, ``c.png``)
+    is a trailing part of a listed path: tables often write paths from another folder, or bare
+    file names.
+    """
+    paths = list(paths)
+    candidates = [path for path in paths if PurePosixPath(path).suffix.lower() == ".csv"]
+    if not candidates:
+        return []
+    known = {tail for path in paths if path not in candidates for tail in _tails(path)}
+    tables = []
+    for path in candidates:
+        try:
+            if (root / path).stat().st_size > MAX_TABLE_BYTES:
+                continue
+            with open(root / path, newline="", encoding="utf-8", errors="replace") as handle:
+                rows = [row for row in csv.reader(handle) if row]
+        except (OSError, csv.Error):
+            continue  # the scan records what is wrong with the file
+        named = sum(
+            any(tail in known for cell in row if cell.strip() for tail in _tails(cell.strip()))
+            for row in rows
+        )
+        if rows and named >= TABLE_SHARE * len(rows):
+            tables.append(ImageTable(path=path, rows=len(rows), named=named))
+    return tables
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The layout labels are read with, and why."""
+
+    layout: str
+    how: str  #: "detected", "forced" (--layout) or "labels CSV" (--labels)
+    fitting: int = 0  #: files whose paths fit the layout best (when detected)
+    files: int = 0  #: files the detection looked at
+
+    def explain(self) -> str:
+        """Why this layout, in a line: "class, detected: 412 of 420 files fit ROOT/<class>/..."."""
+        if self.how == "labels CSV":
+            return "csv, labels from the labels CSV (--labels)"
+        shape = LAYOUT_SHAPES.get(self.layout, self.layout)
+        if self.how == "forced":
+            return f"{self.layout}, as forced with --layout: {shape}"
+        return (
+            f"{self.layout}, detected: {self.fitting:,} of {self.files:,} files fit {shape} "
+            "(--layout forces another)"
+        )
+
+
+def choose_layout(layout: str, paths: list[str], *, labels_csv: bool) -> LayoutChoice:
+    """The layout to read ``paths`` with: the labels CSV's, the one forced, or the one most
+    paths fit (``layout == "auto"``)."""
+    if labels_csv:
+        return LayoutChoice("csv", "labels CSV")
+    if layout != "auto":
+        return LayoutChoice(layout, "forced")
+    votes = layout_votes(paths)
+    best, fitting = votes.most_common(1)[0] if votes else ("none", 0)
+    return LayoutChoice(best, "detected", fitting, len(paths))
+
+
+def label_warnings(labels: pd.Series, layout: str) -> list[str]:
+    """What the labels a layout gave the kept images say against it: images it gives no
+    label, or a single class (a classifier needs two)."""
+    if layout == "none" or labels.empty:
+        return []
+    warnings = []
+    missing = int(labels.isna().sum())
+    if missing:
+        why = (
+            "are not in the labels CSV"
+            if layout == "csv"
+            else f"do not fit {LAYOUT_SHAPES.get(layout, layout)}"
+        )
+        warnings.append(
+            f"{missing:,} of {len(labels):,} kept images get no label from the {layout} "
+            f"layout: their paths {why}; the split leaves them out (no_label)"
+        )
+    classes = labels.dropna().unique()
+    if len(classes) == 1:
+        warnings.append(
+            f"one class only ({classes[0]!r}): a classifier needs two or more; "
+            "is this the right layout (--layout, --labels)?"
+        )
+    return warnings
+
+
+def check_detected_layout(
+    choice: LayoutChoice, labels: pd.Series, tables: list[ImageTable], root: Path
+) -> None:
+    """Refuse a detected layout that the dataset argues against: its folders give no labels,
+    one class, or none to most files, while a CSV in the dataset names its images (a labels
+    CSV not passed with --labels). ``labels`` are those the layout gives the listed files."""
+    if choice.how != "detected" or not tables:
+        return
+    classes = labels.dropna().nunique()
+    if classes >= 2 and labels.isna().mean() < 0.5:
+        return
+    folders = (
+        "no labels" if classes == 0 else "one class" if classes == 1 else "no label to most files"
+    )
+    table = max(tables, key=lambda found: found.named)
+    raise LayoutError(
+        f"the folders ({choice.layout} layout) give {folders}, and {table.path} names "
+        f"{table.named:,} of the files: pass it with --labels {root / table.path} (columns "
+        "path,label), or --layout to read the folders anyway"
+    )

@@ -33,8 +33,11 @@ from fracture_curate.images import (
 from fracture_curate.layouts import (
     LAYOUTS,
     PATIENT_SCHEMES,
+    check_detected_layout,
+    choose_layout,
     compile_patient_pattern,
-    detect_layout,
+    find_image_tables,
+    label_warnings,
     labels_from_path,
     patient_keys,
     read_label_csv,
@@ -102,6 +105,10 @@ class ScanResult:
     frame: pd.DataFrame
     layout: str
     unmatched_labels: list[str]  #: CSV rows naming files that were not found
+    #: Why this layout, in words ("class, detected: 412 of 420 files fit ROOT/<class>/...").
+    layout_explained: str = ""
+    #: What the labels say against the layout: kept images without a label, a single class.
+    layout_warnings: tuple[str, ...] = ()
     #: Where the kept images' patient ids came from, in order of priority; empty if nowhere.
     patient_sources: tuple[PatientSource, ...] = ()
     #: Kept images that ``--patient-pattern`` matched; None without a pattern.
@@ -237,11 +244,15 @@ def scan_dataset(
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"dataset root {root} is not a folder")
-    layout = "csv" if config.labels_csv is not None else config.layout
     listed = list_files(root, exclude=exclude)
     readable = [path for path in listed.files if is_utf8(path)]
-    if layout == "auto":
-        layout = detect_layout(readable)
+    tables = {table.path: table for table in find_image_tables(root, readable)}
+    labels_file = _inside(config.labels_csv, root) if config.labels_csv is not None else None
+    others = [path for path in readable if path not in tables and path != labels_file]
+    choice = choose_layout(config.layout, others, labels_csv=config.labels_csv is not None)
+    if choice.how == "detected":
+        from_folders = pd.Series([labels_from_path(p, choice.layout).label for p in others])
+        check_detected_layout(choice, from_folders, list(tables.values()), root)
     csv_labels = read_label_csv(config.labels_csv) if config.labels_csv is not None else {}
 
     phase = Phase(on_progress, "scanning", len(listed.files) + len(listed.skipped))
@@ -255,21 +266,41 @@ def scan_dataset(
     for path, (status, reason) in listed.skipped.items():
         rows[path] = _unlisted_row(path, status, reason)
         phase.advance()
+    for path, table in tables.items():
+        if rows[path]["status"] == "not_image":
+            rows[path] |= _failure("table", f"a table naming {table.named:,} files of the set")
+    if labels_file in rows and rows[labels_file]["status"] in ("not_image", "table"):
+        rows[labels_file] |= _failure("table", "the labels CSV given with --labels")
     for path, row in rows.items():
-        labels = csv_labels.get(path) if layout == "csv" else labels_from_path(row["path"], layout)
+        labels = (
+            csv_labels.get(path)
+            if choice.layout == "csv"
+            else labels_from_path(row["path"], choice.layout)
+        )
         if labels is not None:
             row |= asdict(labels)
     table = [rows[path] for path in sorted(rows)]
     frame = pd.DataFrame(table, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
-    frame, sources, pattern_matched = read_patients(frame, config, layout)
+    frame, sources, pattern_matched = read_patients(frame, config, choice.layout)
     unmatched = sorted(set(csv_labels) - set(listed.files))
+    kept_labels = frame.loc[frame["status"] == "ok", "label"]
     return ScanResult(
         frame=frame,
-        layout=layout,
+        layout=choice.layout,
+        layout_explained=choice.explain(),
         unmatched_labels=unmatched,
+        layout_warnings=tuple(label_warnings(kept_labels, choice.layout)),
         patient_sources=sources,
         pattern_matched=pattern_matched,
     )
+
+
+def _inside(path: Path, root: Path) -> str | None:
+    """``path`` relative to ``root`` in POSIX form, or None when it lies outside."""
+    try:
+        return Path(os.path.realpath(path)).relative_to(os.path.realpath(root)).as_posix()
+    except ValueError:
+        return None
 
 
 _SOURCE_WORDS = {
@@ -356,6 +387,7 @@ def run_scan(
         params = asdict(config) | {
             "root": str(Path(root).resolve()),
             "layout": result.layout,
+            "layout_warnings": list(result.layout_warnings),
             "patient_sources": {source.name: source.images for source in result.patient_sources},
         }
         write_manifest(result.frame, manifest_path(directory, "scan"), stage="scan", params=params)

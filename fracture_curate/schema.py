@@ -31,6 +31,7 @@ STATUSES = (
     "bad_name",  # a file or folder name that is not valid UTF-8
     "empty",  # zero bytes
     "not_image",  # no image format recognised: text, random bytes
+    "table",  # a CSV that names the set's images: a labels CSV, curate synth's planted.csv
     "too_large",  # over the decompression-bomb guard
     "dropped_format",  # a format not kept (GIF, WEBP by default)
     "truncated",  # the data stops early

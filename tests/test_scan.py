@@ -96,7 +96,7 @@ def test_labels_csv(tmp_path):
     assert frame.loc["images/b.png", "source_split"] == "test"
     assert frame.loc["images/b.png", "patient_id"] == "p2"
     assert pd.isna(frame.loc["images/c.png", "label"])  # found but not in the CSV
-    assert frame.loc["labels.csv", "status"] == "not_image"  # found, so recorded
+    assert frame.loc["labels.csv", "status"] == "table"  # found, so recorded, as what it is
     assert result.unmatched_labels == ["images/missing.png"]
 
 
@@ -113,6 +113,86 @@ def test_forced_layout_overrides_detection(tmp_path):
     assert detect_layout(["train/fractured/a.png"]) == "split-class"
     result = scan_dataset(tmp_path, ScanConfig(layout="class"), workers=1)
     assert result.frame["label"].tolist() == ["train", "train"]
+
+
+def fracatlas_style(root: Path) -> list[str]:
+    """Images in one folder, their labels in a CSV at the root (FracAtlas' shape)."""
+    names = [f"images/IMG{i:04d}.png" for i in range(4)]
+    write_noise_images(root, names)
+    rows = [f"{name},{'fractured' if i % 2 else 'not fractured'}" for i, name in enumerate(names)]
+    (root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return names
+
+
+def test_a_labels_csv_at_the_root_refuses_the_folder_layout_detected(tmp_path):
+    fracatlas_style(tmp_path)
+    with pytest.raises(LayoutError, match=r"one class.*labels\.csv names 4 of the files.*--labels"):
+        scan_dataset(tmp_path, workers=1)
+    result = runner.invoke(app, ["scan", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0  # one line, naming the option to pass
+    assert f"--labels {tmp_path / 'labels.csv'}" in result.output.replace("\n", "")
+    assert not (tmp_path / "m" / "scan.parquet").exists()
+
+
+def test_the_labels_csv_read_as_told_is_a_table_row_and_labels_every_image(tmp_path):
+    names = fracatlas_style(tmp_path)
+    result = scan_dataset(tmp_path, ScanConfig(labels_csv=tmp_path / "labels.csv"), workers=1)
+    frame = result.frame.set_index("path")
+    assert frame.loc["labels.csv", "status"] == "table"
+    assert frame.loc[names, "label"].notna().all()
+    assert result.layout_warnings == ()
+    assert result.layout_explained == "csv, labels from the labels CSV (--labels)"
+
+
+def test_a_forced_layout_against_the_evidence_is_warned_about(tmp_path):
+    fracatlas_style(tmp_path)
+    result = scan_dataset(tmp_path, ScanConfig(layout="class"), workers=1)
+    assert result.layout_explained.startswith("class, as forced with --layout")
+    assert result.layout_warnings == (
+        "one class only ('images'): a classifier needs two or more; is this the right layout "
+        "(--layout, --labels)?",
+    )
+    write_noise_images(tmp_path / "more", ["fractured/a.png", "not fractured/b.png"])
+    result = scan_dataset(tmp_path / "more", ScanConfig(layout="mura"), workers=1)
+    assert result.frame["label"].isna().all()
+    assert len(result.layout_warnings) == 1
+    assert result.layout_warnings[0].startswith(
+        "2 of 2 kept images get no label from the mura layout: their paths do not fit "
+        ".../XR_<REGION>/patient<ID>/study<N>_{positive,negative}/..."
+    )
+    output = runner.invoke(
+        app, ["scan", str(tmp_path / "more"), "--layout", "mura", "--out", str(tmp_path / "m")]
+    ).output
+    assert "warning: 2 of 2 kept images get no label from the mura layout" in output
+
+
+def test_the_detected_layout_is_explained_and_image_lists_do_not_block_it(tmp_path):
+    paths = [
+        "train/XR_WRIST/patient00001/study1_positive/image1.png",
+        "train/XR_WRIST/patient00002/study1_negative/image1.png",
+    ]
+    write_noise_images(tmp_path / "MURA", paths)
+    # MURA's own path lists name every image, from the folder above the root
+    (tmp_path / "MURA" / "train_image_paths.csv").write_text(
+        "".join(f"MURA-v1.1/{path}\n" for path in paths)
+    )
+    result = scan_dataset(tmp_path / "MURA", workers=1)
+    assert result.layout == "mura"
+    assert result.layout_explained == (
+        "mura, detected: 2 of 2 files fit "
+        ".../XR_<REGION>/patient<ID>/study<N>_{positive,negative}/... (--layout forces another)"
+    )
+    assert result.frame.set_index("path").loc["train_image_paths.csv", "status"] == "table"
+    assert result.layout_warnings == ()
+
+
+def test_a_csv_that_names_no_image_stays_not_an_image(tmp_path):
+    write_noise_images(tmp_path, ["fractured/a.png", "not fractured/b.png"])
+    (tmp_path / "notes.csv").write_text("reader,comment\nA,fine\nB,blurred\n")
+    result = scan_dataset(tmp_path, workers=1)
+    assert result.frame.set_index("path").loc["notes.csv", "status"] == "not_image"
+    assert result.layout == "class"
 
 
 def bad_files(root):
@@ -297,3 +377,12 @@ def test_intensity_statistics_are_fractions_of_full_scale(tmp_path):
     assert (
         not frame.loc["a/red.png", "is_grayscale"] and frame.loc["a/red.png", "colour_count"] == 1
     )
+
+
+def test_a_flat_folder_with_a_labels_csv_is_refused_for_giving_no_labels(tmp_path):
+    write_noise_images(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "train.csv").write_text("image,finding\na.png,fractured\nb.png,normal\n")
+    with pytest.raises(LayoutError, match=r"\(none layout\) give no labels, and train\.csv"):
+        scan_dataset(tmp_path, workers=1)
+    forced = scan_dataset(tmp_path, ScanConfig(layout="none"), workers=1)
+    assert forced.layout_warnings == ()  # no labels asked for, none missing
