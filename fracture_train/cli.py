@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     subcommand_metavar="[evaluate OPTIONS]",
+    rich_markup_mode=None,  # click's plain help: wraps to the terminal, never cuts a name
 )
 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
