@@ -34,7 +34,13 @@ from fracture_curate.outliers import (
 )
 from fracture_curate.scan import ScanConfig, patient_lines, run_scan, summarise_scan
 from fracture_curate.schema import flags
-from fracture_curate.split import SplitConfig, run_split, split_summary, straddling_groups
+from fracture_curate.split import (
+    SplitConfig,
+    missing_label_lines,
+    run_split,
+    split_summary,
+    straddling_groups,
+)
 from fracture_curate.synthetic import (
     FRACTURE_KINDS,
     GENERATED_LAYOUTS,
@@ -421,9 +427,15 @@ def outliers(
 @app.command()
 def split(
     manifests: ManifestDir = Path("manifests"),
-    train: Annotated[float, typer.Option(help="Train fraction.")] = SplitConfig.train,
-    val: Annotated[float, typer.Option(help="Validation fraction.")] = SplitConfig.val,
-    test: Annotated[float, typer.Option(help="Test fraction.")] = SplitConfig.test,
+    train: Annotated[
+        float, typer.Option(help="Train fraction; the three sum to 1, each above 0.")
+    ] = SplitConfig.train,
+    val: Annotated[
+        float, typer.Option(help="Validation fraction (picks the best epoch).")
+    ] = SplitConfig.val,
+    test: Annotated[float, typer.Option(help="Test fraction (the reported figures).")] = (
+        SplitConfig.test
+    ),
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same split.")] = (
         SplitConfig.seed
     ),
@@ -438,8 +450,10 @@ def split(
 ) -> None:
     """Assign train/val/test into MANIFESTS/split.parquet, stratified and leakage-free.
 
-    Stratified by label and grouped so that no duplicate cluster and no patient spans two
-    splits. Excluded rows stay in the table, with split null and an excluded_reason.
+    Stratified by label and grouped so that no duplicate cluster, related group or patient
+    spans two splits; every split holds every label where the groups allow, and a warning
+    names each split that cannot. Excluded rows stay in the table, with split null and an
+    excluded_reason.
     """
     with clean_errors():
         config = SplitConfig(
@@ -452,6 +466,8 @@ def split(
         )
         frame = run_split(manifests, config, root=root)
     console.print(frame_table(split_summary(frame), "Label by split"))
+    for line in missing_label_lines(frame):
+        console.print(warning(line))
     excluded = frame["excluded_reason"].value_counts()
     if not excluded.empty:
         console.print(frame_table(excluded.rename_axis("excluded").to_frame("rows"), "Excluded"))

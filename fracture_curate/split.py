@@ -4,6 +4,7 @@ or patient straddles two splits."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.dataset_files import recheck
-from fracture_curate.errors import CurateError
+from fracture_curate.errors import ConfigError, CurateError
 from fracture_curate.graph import chain_pairs, connected_groups
 from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
 from fracture_curate.params import Constraints, Interval, Options, check_params
@@ -25,9 +26,13 @@ class SplitError(CurateError):
     """Data that cannot give the requested split (too few groups or images per label)."""
 
 
+#: How far the three fractions may sum from 1 (rounding in what a user types: 0.7/0.15/0.15).
+FRACTION_TOLERANCE = 1e-6
+
+
 @dataclass(frozen=True)
 class SplitConfig:
-    """Fractions (normalised to sum to 1), seed and what to exclude."""
+    """Fractions (each above 0, summing to 1), seed and what to exclude."""
 
     train: float = 0.70
     val: float = 0.15
@@ -37,9 +42,9 @@ class SplitConfig:
     keep_source_splits: bool = False
 
     CONSTRAINTS: ClassVar[Constraints] = {
-        "train": Interval(0, closed="neither"),
-        "val": Interval(0),
-        "test": Interval(0),
+        "train": Interval(0, 1, closed="neither"),
+        "val": Interval(0, 1, closed="neither"),
+        "test": Interval(0, 1, closed="neither"),
         "seed": Interval(0, 2**32 - 1, integer=True),
         "drop_outliers": _FLAG,
         "keep_source_splits": _FLAG,
@@ -47,6 +52,12 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         check_params(self, self.CONSTRAINTS)
+        total = self.train + self.val + self.test
+        if abs(total - 1) > FRACTION_TOLERANCE:
+            raise ConfigError(
+                f"--train {self.train:g} --val {self.val:g} --test {self.test:g} sum to "
+                f"{total:g}; the fractions must sum to 1 (e.g. --train 0.7 --val 0.15 --test 0.15)"
+            )
 
 
 def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
@@ -135,6 +146,74 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, config: SplitConfig) -
     return assigned
 
 
+def cover_every_label(assigned: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``assigned`` with whole groups moved so that each split holds every label, where the
+    label has a group to spare.
+
+    A split without a label takes a group of it from the split holding the most groups of that
+    label, and only a group whose every label keeps another group there, so a move never opens
+    a gap elsewhere; the smallest such group moves. A label with fewer groups than splits leaves
+    a split without it (see :func:`missing_labels`).
+    """
+    assigned = assigned.copy()
+    rows = pd.DataFrame({"split": assigned, "label": labels, "group": groups})
+    group_labels = rows.groupby("group")["label"].agg(frozenset)
+    group_size = rows.groupby("group").size()
+    group_split = rows.groupby("group")["split"].first()
+    moved = True
+    while moved:
+        moved = False
+        held = {
+            split: Counter(label for g in found.index for label in group_labels[g])
+            for split, found in group_split.groupby(group_split)
+        }
+        for split in held:
+            for label in sorted(set(labels) - set(held[split])):
+                donor_groups = [
+                    (-held[donor][label], int(group_size[g]), g)
+                    for donor, found in group_split.groupby(group_split)
+                    if donor != split
+                    for g in found.index
+                    if label in group_labels[g]
+                    and all(held[donor][other] >= 2 for other in group_labels[g])
+                ]
+                if donor_groups:
+                    group = min(donor_groups)[2]
+                    group_split[group] = split
+                    moved = True
+                    break
+            if moved:
+                break
+    return group_split.reindex(groups).to_numpy(dtype=object)
+
+
+def missing_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The labels a split lacks, of those taking part in the split, with how many independent
+    groups (patients, duplicate clusters, related films) the label has in all: one row per
+    split and missing label; empty when every split holds every label."""
+    used = frame[frame["split"].notna()]
+    groups = used.groupby("label")["group_id"].nunique()
+    gaps = [
+        {"split": split, "label": label, "groups": int(groups[label])}
+        for split in SPLITS
+        if split in set(used["split"])
+        for label in sorted(groups.index)
+        if not ((used["split"] == split) & (used["label"] == label)).any()
+    ]
+    return pd.DataFrame(gaps, columns=["split", "label", "groups"])
+
+
+def missing_label_lines(frame: pd.DataFrame) -> list[str]:
+    """One warning per split that lacks a label: "test holds no 'positive' image: the label has
+    2 independent groups (patients, clusters, related films), too few for every split"."""
+    return [
+        f"{gap.split} holds no {gap.label!r} image: the label has {gap.groups} independent "
+        "group(s) (patients, duplicate clusters, related films), too few for every split; "
+        f"metrics that need both classes (AUROC, sensitivity) cannot be measured on {gap.split}"
+        for gap in missing_labels(frame).itertuples()
+    ]
+
+
 def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
     """The outliers table plus ``group_id``, ``split`` and ``excluded_reason``."""
     result = empty_columns(frame, SPLIT_COLUMNS)
@@ -152,7 +231,8 @@ def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.D
         splits[known] = eligible.loc[known, "source_split"].to_numpy(dtype=object)
         todo = ~known
     if todo.any():
-        splits[todo] = assign_splits(labels[todo], groups[todo], config)
+        fresh = assign_splits(labels[todo], groups[todo], config)
+        splits[todo] = cover_every_label(fresh, labels[todo], groups[todo])
     result.loc[eligible.index, "group_id"] = groups
     result.loc[eligible.index, "split"] = splits
     return result

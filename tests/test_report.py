@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import noise_image, save_gray
 from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
@@ -445,3 +446,26 @@ def test_related_films_and_outlier_reasons_are_shown(tmp_path, chest_radiograph)
     assert related.count("keypoints on one transform") == 3
     outliers = section(text, "outliers")
     assert "Flagged by" in outliers and "flagged</span> colour" in outliers
+
+
+def test_layout_warnings_and_a_split_without_a_label_are_shown(tmp_path):
+    """A rare label of two patients cannot reach all three splits, and one image lies outside
+    the class folders: the report says both, where it would otherwise say all is well."""
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for index in range(20):
+        save_gray(data / "negative" / f"{index}.png", noise_image(index))
+    for index in range(2):
+        save_gray(data / "positive" / f"{index}.png", noise_image(100 + index))
+    save_gray(data / "stray.png", noise_image(200))
+    run_scan(data, manifests, workers=1)
+    embed_manifest(manifests, EmbedConfig(weights="random", image_size=64), workers=0)
+    run_dedupe(manifests)
+    run_outliers(manifests)
+    run_split(manifests)
+    text = build_report(manifests, tmp_path / "report.html").read_text(encoding="utf-8")
+    summary = section(text, "summary")
+    assert "Labels read with the class layout." in summary
+    assert "1 of 23 kept images get no label from the class layout" in summary
+    split = section(text, "split")
+    assert "label missing</span>" in split
+    assert html.escape("holds no 'positive' image: the label has 2 independent group(s)") in split

@@ -7,6 +7,7 @@ import pytest
 from helpers import curated_table, noise_image, save_gray, write_embeddings
 
 from fracture_curate.dedupe import DedupeConfig, run_dedupe
+from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance, read_stage
 from fracture_curate.outliers import OutlierConfig, run_outliers
 from fracture_curate.scan import run_scan
@@ -14,9 +15,11 @@ from fracture_curate.schema import EXCLUSION_KINDS
 from fracture_curate.split import (
     SplitConfig,
     SplitError,
+    assign_splits,
     exclusions,
     leakage_groups,
     make_split,
+    missing_labels,
     run_split,
     split_summary,
     straddling_groups,
@@ -50,8 +53,27 @@ def test_fractions_of_the_user_s_choosing_are_followed():
     assert shares["train"] == pytest.approx(0.5, abs=0.03)
     assert shares["val"] == pytest.approx(0.25, abs=0.03)
     assert shares["test"] == pytest.approx(0.25, abs=0.03)
-    no_val = make_split(curated_table(labels), SplitConfig(train=0.8, val=0, test=0.2))
-    assert set(no_val["split"]) == {"train", "test"}
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        (
+            (0.9, 0.5, 0.5),
+            "--train 0.9 --val 0.5 --test 0.5 sum to 1.9; the fractions must sum to 1",
+        ),
+        ((2, 1, 1), "--train must be a number in (0, 1); got 2"),
+        ((1, 0, 0), "--train must be a number in (0, 1); got 1"),
+        ((0.8, 0, 0.2), "--val must be a number in (0, 1); got 0"),  # train selects on val
+        ((0.85, 0.15, 0), "--test must be a number in (0, 1); got 0"),  # and reports on test
+    ],
+)
+def test_fractions_that_are_not_three_shares_of_one_are_refused(fractions, message):
+    train, val, test = fractions
+    with pytest.raises(ConfigError) as refused:
+        SplitConfig(train=train, val=val, test=test)
+    assert str(refused.value).startswith(message)
+    SplitConfig(train=0.7, val=0.2, test=0.1)  # 0.1 + 0.2 is not 0.3 in floating point: taken
 
 
 def test_the_same_seed_gives_the_same_split_and_another_seed_another():
@@ -179,8 +201,8 @@ def test_impossible_splits_are_clear_errors():
     nothing = curated_table(["a"] * 4, status="corrupt")
     with pytest.raises(SplitError, match=r"^no row is eligible for the split \(see excluded_"):
         make_split(nothing, SplitConfig())
-    tiny = SplitConfig(train=0.5, val=5e-324, test=0.0)  # found by hypothesis: overflowed
-    with pytest.raises(SplitError, match=r"e-324 val share needs at least 21"):
+    tiny = SplitConfig(train=0.5, val=5e-324, test=0.5)  # found by hypothesis: overflowed
+    with pytest.raises(SplitError, match=r"e-324 val share needs at least 11"):
         make_split(curated_table(["a", "b"] * 10), tiny)
     few = curated_table(["a", "b"] * 7)  # small, but enough groups for 4 folds
     assert make_split(few, SplitConfig(train=0.5, val=0.25, test=0.25))["split"].notna().all()
@@ -240,16 +262,10 @@ def test_conflict_and_label_details_name_what_they_found():
     assert reasons.loc[2, "excluded_detail"] == "the layout or labels CSV gives this file no label"
 
 
-def test_fractions_are_shares_of_their_sum():
-    result = make_split(curated_table(["a", "b"] * 100), SplitConfig(train=2, val=1, test=1))
-    shares = result["split"].value_counts(normalize=True)
-    assert shares["train"] == pytest.approx(0.5, abs=0.03)
-    assert shares["test"] == pytest.approx(0.25, abs=0.03)
-
-
 def test_a_half_test_share_is_two_folds():
-    result = make_split(curated_table(["a", "b"] * 50), SplitConfig(train=0.5, val=0, test=0.5))
-    assert result["split"].value_counts()["test"] == 50
+    config = SplitConfig(train=0.25, val=0.25, test=0.5)
+    result = make_split(curated_table(["a", "b"] * 50), config)
+    assert result["split"].value_counts().to_dict() == {"test": 50, "train": 25, "val": 25}
 
 
 def test_exactly_as_many_groups_as_folds_is_enough_and_one_fewer_is_not():
@@ -266,3 +282,43 @@ def test_classes_too_small_for_the_folds_are_a_clear_error():
     five_each = curated_table(["a", "b"] * 5)  # enough groups for 7 folds, not per class
     with pytest.raises(SplitError, match=r"too few images per label for a 15% test share \("):
         make_split(five_each, SplitConfig())
+
+
+def rare_patients(n_rare: int, films: int = 1) -> pd.DataFrame:
+    """40 negative images of their own and ``n_rare`` positive patients of ``films`` each: a
+    rare label held by a few groups, which stratified folds easily leave out of a split."""
+    labels = ["negative"] * 40 + ["positive"] * (n_rare * films)
+    patients = [f"n{i}" for i in range(40)] + [f"p{i // films}" for i in range(n_rare * films)]
+    return curated_table(labels, patient_id=patients)
+
+
+def test_every_split_holds_every_label_when_the_groups_allow():
+    frame = rare_patients(4)
+    raw = [
+        assign_splits(
+            frame["label"].to_numpy(object),
+            leakage_groups(frame),
+            SplitConfig(seed=seed),
+        )
+        for seed in range(10)
+    ]
+    lacking = [
+        seed
+        for seed, splits in enumerate(raw)
+        if len(set(splits[frame["label"].to_numpy() == "positive"])) < 3
+    ]
+    assert lacking  # the folds alone leave a split without a positive patient
+    for seed in range(10):
+        result = make_split(frame, SplitConfig(seed=seed))
+        assert missing_labels(result).empty, seed
+        assert straddling_groups(result).empty  # whole patients moved, never split
+        assert result.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_a_label_with_too_few_groups_is_reported_missing_from_a_split():
+    result = make_split(rare_patients(2, films=3), SplitConfig(seed=0))
+    gaps = missing_labels(result)
+    assert gaps[["label", "groups"]].values.tolist() == [["positive", 2]]
+    assert gaps["split"].iloc[0] in ("train", "val", "test")
+    held = set(result.loc[result["label"] == "positive", "split"])
+    assert gaps["split"].iloc[0] not in held and len(held) == 2

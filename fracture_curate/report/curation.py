@@ -33,7 +33,7 @@ from fracture_curate.report.html import (
 from fracture_curate.report.inputs import ReportInputs, Thumbnails
 from fracture_curate.scan import summarise_scan
 from fracture_curate.schema import SPLITS, STAGES, flags
-from fracture_curate.split import split_summary, straddling_groups
+from fracture_curate.split import missing_label_lines, split_summary, straddling_groups
 from fracture_curate.synthetic import PLANTED_CSV, planted_vs_found, read_record, source_families
 from fracture_curate.vectors import embedding_matrix, unit_rows
 
@@ -71,8 +71,15 @@ def summary_section(inputs: ReportInputs, manifests: Path) -> str:
                 "in this report": state,
             }
         )
+    scan_params = inputs.provenance.get("scan", {}).get("params", {})
+    layout = f"Labels read with the {scan_params.get('layout', 'unknown')} layout."
+    warnings = "".join(
+        f" {badge('layout', 'warn')} {escape(line)}"
+        for line in scan_params.get("layout_warnings", [])
+    )
     return (
         cards(counts)
+        + f'<p class="note">{escape(layout)}{warnings}</p>'
         + tables_row(
             table(scan["status"], caption="Files by status"),
             table(scan["format"], caption="Files by format"),
@@ -297,6 +304,8 @@ def split_section(inputs: ReportInputs) -> str:
         if straddling.empty
         else badge(f"{len(straddling)} groups span two splits", "warn")
     )
+    gaps = missing_label_lines(frame)
+    check += "".join(f". {badge('label missing', 'warn')} {escape(line)}" for line in gaps)
     asked = ", ".join(f"{k} {params.get(k)}" for k in ("train", "val", "test"))
     asked += f", seed {params.get('seed')}"
     labels = frame.loc[frame["split"].notna(), "label"].unique().tolist()
