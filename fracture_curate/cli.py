@@ -23,7 +23,7 @@ from fracture_curate.display import (
 )
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.layouts import LAYOUTS
-from fracture_curate.manifest import manifest_path
+from fracture_curate.manifest import manifest_path, replaced_lines, written_before
 from fracture_curate.outliers import (
     ISOLATION_Z,
     MAX_COMPONENTS,
@@ -86,6 +86,13 @@ def main(
     """Staged curation: scan -> embed -> dedupe -> outliers -> split, each a Parquet manifest."""
 
 
+def wrote(directory: Path, stage: str, before: str | None, detail: str = "") -> None:
+    """Print the manifest a stage wrote, and what it replaced (see ``replaced_lines``)."""
+    console.print(f"wrote {manifest_path(directory, stage)}{detail}")
+    for line, is_warning in replaced_lines(directory, stage, before):
+        console.print(warning(line) if is_warning else line)
+
+
 @app.command()
 def scan(
     root: Annotated[
@@ -143,11 +150,11 @@ def scan(
             patient_pattern=patient_pattern,
             auto_patients=auto_patients,
         )
+        before = written_before(out, "scan")
         with make_progress("files") as progress:
             result = run_scan(
                 root, out, config, workers=workers, on_progress=ProgressBars(progress)
             )
-        path = manifest_path(out, "scan")
     console.print(emphasised("layout: ", result.layout_explained))
     for line in result.layout_warnings:
         console.print(warning(line))
@@ -168,7 +175,7 @@ def scan(
                 f"found, e.g. {result.unmatched_labels[0]!r}"
             )
         )
-    console.print(f"wrote {path} ({len(result.frame)} rows)")
+    wrote(out, "scan", before, f" ({len(result.frame)} rows)")
 
 
 @app.command()
@@ -336,6 +343,7 @@ def dedupe(
             copy_share=copy_share,
             related_threshold=related_threshold,
         )
+        before = written_before(manifests, "dedupe")
         with make_progress("img") as progress:
             frame = run_dedupe(manifests, config, root=root, on_progress=ProgressBars(progress))
     summary = summarise_dedupe(frame)
@@ -353,7 +361,7 @@ def dedupe(
         )
         if not leaks.empty:
             console.print(frame_table(leaks.head(5).drop(columns="n_splits"), "Examples"))
-    console.print(f"wrote {manifest_path(manifests, 'dedupe')}")
+    wrote(manifests, "dedupe", before)
 
 
 @app.command()
@@ -410,6 +418,7 @@ def outliers(
             per_class=per_class,
             seed=seed,
         )
+        before = written_before(manifests, "outliers")
         frame = run_outliers(manifests, config)
     flagged = frame[flags(frame["is_outlier"])].drop_duplicates("image_id")
     flagged = flagged.sort_values("outlier_score", ascending=False)
@@ -421,7 +430,7 @@ def outliers(
         console.print(frame_table(summarise_outliers(frame), "Flagged by"))
         columns = ["label", "outlier_reason", "outlier_score"]
         console.print(frame_table(flagged.set_index("path")[columns].head(10), "Flagged images"))
-    console.print(f"wrote {manifest_path(manifests, 'outliers')}")
+    wrote(manifests, "outliers", before)
 
 
 @app.command()
@@ -464,6 +473,7 @@ def split(
             drop_outliers=drop_outliers,
             keep_source_splits=keep_source_splits,
         )
+        before = written_before(manifests, "split")
         frame = run_split(manifests, config, root=root)
     console.print(frame_table(split_summary(frame), "Label by split"))
     for line in missing_label_lines(frame):
@@ -478,7 +488,7 @@ def split(
                 "groups (duplicate cluster or patient) spanning two splits: ", len(straddling)
             )
         )
-    console.print(f"wrote {manifest_path(manifests, 'split')}")
+    wrote(manifests, "split", before)
 
 
 @app.command()

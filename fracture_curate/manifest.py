@@ -27,6 +27,7 @@ from fracture_curate.errors import CurateError
 from fracture_curate.schema import (
     EMBEDDING_COLUMNS,
     STAGE_COLUMNS,
+    STAGES,
     TABLE_STAGES,
     column_type_problem,
     table_columns,
@@ -170,6 +171,36 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         raise ManifestError(f"{path} was not written by fracture-curate (no provenance metadata)")
     return json.loads(metadata[METADATA_KEY])
+
+
+def written_before(directory: str | Path, stage: str) -> str | None:
+    """When the manifest of ``stage`` in ``directory`` was written ("2026-11-30T18:02:11+00:00"),
+    "an unreadable file" for one that cannot be read, or None when there is none: read before a
+    stage runs, to say afterwards what it replaced."""
+    path = manifest_path(directory, stage)
+    if not path.exists():
+        return None
+    try:
+        return str(read_provenance(path).get("created", "an unknown time"))
+    except ManifestError:
+        return "an unreadable file"
+
+
+def replaced_lines(directory: str | Path, stage: str, before: str | None) -> list[tuple[str, bool]]:
+    """What a stage that rewrote its manifest tells the user, each line with whether it is a
+    warning: the manifest it replaced, and the later stages' manifests beside it, made from the
+    old one (every stage refuses them until they are made again). Empty when there was no
+    manifest ``before``."""
+    if before is None:
+        return []
+    lines = [(f"replaced the {manifest_path(directory, stage).name} written {before}", False)]
+    later = [s for s in STAGES[STAGES.index(stage) + 1 :] if manifest_path(directory, s).exists()]
+    if later:
+        names = ", ".join(manifest_path(directory, s).name for s in later)
+        again = ", ".join(f"`curate {s}`" for s in later)
+        were = "were" if len(later) > 1 else "was"
+        lines.append((f"{names} {were} made from the old one: run {again} again", True))
+    return lines
 
 
 def read_stage(directory: str | Path, stage: str) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -30,8 +30,10 @@ from fracture_curate.manifest import (
     read_provenance,
     read_stage,
     recorded_root,
+    replaced_lines,
     write_manifest,
     write_stage,
+    written_before,
 )
 
 
@@ -341,3 +343,26 @@ def test_check_manifest_says_what_is_missing_which_stage_wrote_it_and_checks_the
     write_manifest(pd.DataFrame({"image_id": ["x"]}), embeddings, stage="embed", params={})
     with pytest.raises(ManifestError, match=r"lacks column\(s\) embedding"):
         check_manifest(embeddings, stage="embed")
+
+
+def test_a_stage_written_again_says_what_it_replaced_and_what_is_now_stale(tmp_path):
+    assert written_before(tmp_path, "scan") is None
+    assert replaced_lines(tmp_path, "scan", None) == []
+    scan = curated_table(["a", "b"], stage="scan")
+    write_stage(scan, tmp_path, "scan", params={}, inputs={})
+    created = read_provenance(manifest_path(tmp_path, "scan"))["created"]
+    before = written_before(tmp_path, "scan")
+    assert before == created
+    assert replaced_lines(tmp_path, "scan", before) == [
+        (f"replaced the scan.parquet written {created}", False)
+    ]
+    _, provenance = read_stage(tmp_path, "scan")
+    dedupe = curated_table(["a", "b"], stage="dedupe")
+    write_stage(dedupe, tmp_path, "dedupe", params={}, inputs={"scan": provenance})
+    write_stage(scan, tmp_path, "scan", params={}, inputs={})
+    assert replaced_lines(tmp_path, "scan", before)[1] == (
+        "dedupe.parquet was made from the old one: run `curate dedupe` again",
+        True,
+    )
+    manifest_path(tmp_path, "split").write_bytes(b"not parquet")
+    assert written_before(tmp_path, "split") == "an unreadable file"

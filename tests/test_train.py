@@ -3,6 +3,7 @@ resuming, cross-dataset evaluation, the CLI and its errors on bad manifests."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -487,3 +488,28 @@ def test_evaluate_one_split_of_a_manifest(trained, easy, tmp_path):
         refused = runner.invoke(app, [*command[:5], option, value])
         assert refused.exit_code == 2 and f"unknown {what} {value!r}" in refused.output
     assert not (trained.out / "evaluations").exists()  # refused before anything is written
+
+
+def test_progress_is_written_as_lines_where_no_terminal_draws_the_bars():
+    """`make demo > log`: an epoch of 54 s is not silent; a line every 10 s of a phase."""
+    from rich.console import Console
+
+    from fracture_curate.display import ProgressBars, make_progress
+
+    progress = make_progress("img", output=Console(file=io.StringIO(), force_terminal=False))
+    now = [0.0]
+    bars = ProgressBars(progress, every=10.0, clock=lambda: now[0])
+    for done in range(0, 65, 16):  # a batch of 16 every 4 s
+        bars("epoch 1/6", done, 64, "loss 0.693" if done else "")
+        now[0] += 4.0
+    bars("validating", 0, 20)
+    lines = progress.console.file.getvalue().splitlines()
+    assert lines == [
+        "epoch 1/6: 48/64 img, 4.0 img/s, loss 0.693",  # at 12 s
+    ]
+    terminal = make_progress("img", output=Console(file=io.StringIO(), force_terminal=True))
+    drawn = ProgressBars(terminal, every=10.0, clock=lambda: now[0])
+    for done in range(0, 65, 16):
+        drawn("epoch 2/6", done, 64)
+        now[0] += 4.0
+    assert "epoch 2/6:" not in terminal.console.file.getvalue()  # the bar says it already
