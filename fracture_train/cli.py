@@ -18,6 +18,7 @@ from fracture_curate.display import (
     error_console,
     interrupted,
     make_progress,
+    warning,
 )
 from fracture_curate.errors import ConfigError
 from fracture_curate.schema import SPLITS
@@ -313,8 +314,10 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
-    from fracture_train.display import metrics_tables
+    from fracture_train.display import absent_class_lines, metrics_tables
 
     for split in splits:
         for table in metrics_tables(metrics, split):
             console.print(table)
+        for line in absent_class_lines(metrics, split):
+            console.print(warning(line))

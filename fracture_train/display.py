@@ -75,6 +75,16 @@ def metrics_tables(metrics: dict[str, Any], split: str) -> list[Table]:
     ]
 
 
+def absent_class_lines(metrics: dict[str, Any], split: str) -> list[str]:
+    """Why a split's metrics read n/a: one line per class it holds no image of."""
+    absent = [name for name, found in metrics[split]["per_class"].items() if not found["support"]]
+    return [
+        f"{split} holds no {name!r} image: the metrics that need it (AUROC, its sensitivity "
+        "or specificity) are n/a; `curate split` says when a label has too few groups"
+        for name in absent
+    ]
+
+
 def _number(value: float | None) -> str:
     return (
         "n/a"

@@ -513,3 +513,17 @@ def test_progress_is_written_as_lines_where_no_terminal_draws_the_bars():
         drawn("epoch 2/6", done, 64)
         now[0] += 4.0
     assert "epoch 2/6:" not in terminal.console.file.getvalue()  # the bar says it already
+
+
+def test_a_split_without_a_class_says_why_its_metrics_are_missing():
+    from fracture_train.display import absent_class_lines
+    from fracture_train.metrics import classification_metrics
+
+    targets = np.zeros(4, dtype=int)  # test holds only 'not fractured'
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.9, 0.1]])
+    found = classification_metrics(targets, probs, ["not fractured", "fractured"], positive=1)
+    assert np.isnan(found["auroc"])
+    lines = absent_class_lines({"test": found}, "test")
+    assert len(lines) == 1 and lines[0].startswith("test holds no 'fractured' image")
+    both = classification_metrics(np.array([0, 1]), probs[:2], ["a", "b"], positive=1)
+    assert absent_class_lines({"val": both}, "val") == []
