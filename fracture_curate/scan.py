@@ -171,7 +171,8 @@ def degeneracy(width: int, height: int, colour_count: int, config: ScanConfig) -
 
 
 def image_stats(image: LoadedImage) -> dict[str, Any]:
-    """Size, depth, colour count, intensity stats and the pixel hash of a decoded image.
+    """Size, depth, colour count, intensity stats, the open border and the pixel hash of a
+    decoded image.
 
     Intensities are fractions of the container's full scale (255 or 65535).
     """
@@ -201,9 +202,33 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
         "colourfulness": colourfulness,
         "mean_intensity": float(luminance.mean(dtype=np.float64)) / full_scale,
         "std_intensity": float(luminance.std(dtype=np.float64)) / full_scale,
+        "open_border": open_border(luminance, full_scale),
         "pixel_sha256": pixel_hash(pixels),
         "phash": dihedral_phash(pixels),
     }
+
+
+#: Grey levels (of 255) within which a border pixel counts as its border's flat fill: enough
+#: for the ringing a JPEG copy's fill takes on beside the picture (``dedupe.FILL_SHARE``).
+FILL_LEVELS = 2
+
+
+def open_border(luminance: np.ndarray, full_scale: float) -> float:
+    """The share of the image's most open side (first or last row or column) where the picture
+    reaches the edge: pixels more than FILL_LEVELS grey levels (of 255) from the most common
+    level of the whole border.
+
+    A copy turned with an expanded canvas has flat fill in its corners, and the turned picture
+    touches each side at one point only; a copy padded all round has fill along every side: both
+    are near 0. A film whose anatomy runs off an edge is open there, and a crop of it keeps that
+    side open. The dedupe stage compares it within a cluster (``dedupe.filled_copies``).
+    """
+    sides = [
+        np.rint(side * (255.0 / full_scale)).astype(np.int16)
+        for side in (luminance[0], luminance[-1], luminance[:, 0], luminance[:, -1])
+    ]
+    fill = np.bincount(np.concatenate(sides), minlength=256).argmax()
+    return max(float(np.mean(np.abs(side - fill) > FILL_LEVELS)) for side in sides)
 
 
 def hasler_colourfulness(rgb: np.ndarray) -> float:

@@ -78,6 +78,7 @@ SCAN_COLUMNS: dict[str, str] = {
     "colourfulness": "Float64",  # Hasler-Suesstrunk, fraction of 255: 0 gray, ~0.13+ colourful
     "mean_intensity": "Float64",
     "std_intensity": "Float64",
+    "open_border": "Float64",  # share of the most open side where the picture reaches the edge
     "pixel_sha256": "string",  # SHA-256 of the decoded pixels
     "phash": "object",  # bytes: 8 orientations x 256-bit pHash (fracture_curate.phash)
 }

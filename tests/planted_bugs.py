@@ -63,7 +63,7 @@ BUGS = [
         "fracture_curate/dedupe.py",
         '"lossy": ~frame["format"].isin(LOSSLESS_FORMATS),',
         '"lossy": False,',
-        ["tests/test_dedupe.py::test_the_kept_copy_is_lossless_over_lossy_and_largest_over_both"],
+        ["tests/test_dedupe.py::test_the_kept_copy_is_lossless_over_lossy_then_the_largest"],
     ),
     (
         "parts of other settings mixed in",

@@ -11,7 +11,13 @@ from helpers import noise_image, save_gray
 from typer.testing import CliRunner
 
 from fracture_curate.cli import app
-from fracture_curate.dedupe import DedupeConfig, deduplicate, leakage, run_dedupe
+from fracture_curate.dedupe import (
+    DedupeConfig,
+    deduplicate,
+    filled_copies,
+    leakage,
+    run_dedupe,
+)
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.manifest import manifest_path, read_manifest, read_provenance
 from fracture_curate.outliers import OutlierConfig, robust_flags, run_outliers, score_outliers
@@ -73,8 +79,15 @@ def test_every_cluster_keeps_exactly_one_best_copy(deduped):
     assert (kept == 1).all()
     for _, members in clustered.groupby("cluster_id"):
         best = members[members["is_kept"].astype(bool)].iloc[0]
-        pixels = members["width"] * members["height"]
-        assert best["width"] * best["height"] == pixels.max()
+        lossy = members["format"] != "PNG"  # a PNG of exactly a JPEG's pixels is that JPEG
+        lossy |= members["pixel_sha256"].isin(members.loc[lossy, "pixel_sha256"])
+        one = np.zeros(len(members), dtype=int)
+        filled = pd.Series(filled_copies(members["open_border"], one), index=members.index)
+        assert not lossy[best.name] or lossy.all()  # lossless over lossy
+        peers = members[lossy == lossy[best.name]]
+        assert not filled[best.name] or filled[peers.index].all()  # not turned or padded
+        peers = peers[filled[peers.index] == filled[best.name]]
+        assert best["width"] * best["height"] == (peers["width"] * peers["height"]).max()
         others = members[~members["is_kept"].astype(bool)]
         assert (others["duplicate_of"] == best["image_id"]).all()
         assert others["match_kind"].notna().all() and (others["similarity"] > 0).all()

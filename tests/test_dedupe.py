@@ -16,13 +16,14 @@ from fracture_curate.dedupe import (
     RelatedPairs,
     _without,
     deduplicate,
+    filled_copies,
     leakage,
     related_columns,
     run_dedupe,
     summarise_dedupe,
 )
 from fracture_curate.geometry import PairEvidence
-from fracture_curate.images import to_rgb8
+from fracture_curate.images import to_rgb8, to_uint8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
 from fracture_curate.phash import phash_distance
 from fracture_curate.scan import run_scan, scan_dataset
@@ -75,7 +76,32 @@ def by_path(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.set_index("path")
 
 
-def test_the_kept_copy_is_lossless_over_lossy_and_largest_over_both(tmp_path):
+def turned(image: Image.Image, angle: float) -> Image.Image:
+    """``image`` turned ``angle`` degrees on an expanded canvas, the corners it uncovers filled
+    with the median grey of its border (as `curate synth` plants a small rotation)."""
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return image.rotate(
+        angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=int(np.median(border))
+    )
+
+
+def darker(image: Image.Image, factor: float = 0.85) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32) * factor
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+def deduplicate_with_geometry(folder) -> pd.DataFrame:
+    """The dedupe table of ``folder`` by path, with three other phantoms beside its files and
+    the geometry layer checking every pair (random embeddings, no cosine match)."""
+    for index in range(3):
+        phantom(40 + index, size=256).save(folder / f"other{index}.png")
+    scan = scanned(folder)
+    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
+    return by_path(deduplicate(scan, random_embeddings(scan, seed=4), config, root=folder))
+
+
+def test_the_kept_copy_is_lossless_over_lossy_then_the_largest(tmp_path):
     image = phantom(0)
     image.save(tmp_path / "a.jpg", quality=95)  # first by path, but lossy
     image.save(tmp_path / "b.png")
@@ -85,9 +111,85 @@ def test_the_kept_copy_is_lossless_over_lossy_and_largest_over_both(tmp_path):
     assert result.loc["a.jpg", "duplicate_of"] == result.loc["b.png", "image_id"]
     assert pd.isna(result.loc["b.png", "duplicate_of"])  # the kept copy is nobody's copy
     image.resize((320, 320), Image.Resampling.LANCZOS).save(tmp_path / "c.jpg", quality=95)
+    image.resize((120, 120), Image.Resampling.LANCZOS).save(tmp_path / "a-small.png")
     result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
-    assert result.loc["c.jpg", "is_kept"]  # more pixels win even over lossless
-    assert result["is_kept"].sum() == 1 and (result["cluster_size"] == 3).all()
+    assert result.loc["b.png", "is_kept"]  # lossless over more lossy pixels, then the largest
+    assert result["is_kept"].sum() == 1 and (result["cluster_size"] == 4).all()
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_copy_turned_on_an_expanded_canvas_is_not_kept_over_its_smaller_original(
+    tmp_path, suffix
+):
+    image = phantom(3, size=256)
+    image.save(tmp_path / f"original.{suffix}")
+    copy = turned(image, 4.0)
+    copy.save(tmp_path / f"a-turned.{suffix}")  # first by path, and larger
+    result = deduplicate_with_geometry(tmp_path)
+    assert copy.width > image.width and copy.height > image.height
+    assert (
+        result.loc[f"a-turned.{suffix}", "cluster_id"]
+        == result.loc[f"original.{suffix}", "cluster_id"]
+    )
+    assert result.loc[f"original.{suffix}", "is_kept"]
+    assert not result.loc[f"a-turned.{suffix}", "is_kept"]
+
+
+def test_a_jpeg_is_kept_over_a_png_of_exactly_its_pixels(tmp_path):
+    phantom(6).save(tmp_path / "b.jpg", quality=80)
+    with Image.open(tmp_path / "b.jpg") as jpeg:
+        jpeg.save(tmp_path / "a.png")  # the JPEG re-saved: lossless, but of lossy pixels
+        phantom(6).save(tmp_path / "c.jpg", quality=60)  # another lossy copy
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert result.loc["a.png", "pixel_sha256"] == result.loc["b.jpg", "pixel_sha256"]
+    assert result.loc["b.jpg", "is_kept"] and result["is_kept"].sum() == 1
+
+
+def test_among_lossless_copies_of_one_size_the_most_grey_levels_is_kept(tmp_path):
+    image = phantom(7)
+    image.save(tmp_path / "b.png")
+    darker(image).save(tmp_path / "a-darker.png")  # first by path; levels merged
+    result = by_path(deduplicate(scanned(tmp_path), None, PHASH_ONLY))
+    assert result.loc["a-darker.png", "cluster_id"] == result.loc["b.png", "cluster_id"]
+    assert result.loc["a-darker.png", "colour_count"] < result.loc["b.png", "colour_count"]
+    assert result.loc["b.png", "is_kept"]
+
+
+@pytest.mark.parametrize("background", ["white", "black"])
+def test_a_radiograph_with_a_flat_background_is_kept_over_its_turned_crop_and_darker_copies(
+    tmp_path, ankle_radiograph, background
+):
+    """The real ankle film's collimated field is flat (white, or black when inverted) along much
+    of its border: its own flat border must not count against it next to copies that share that
+    background, and a crop that cuts into the anatomy must not look less filled."""
+    pixels = to_uint8(ankle_radiograph)
+    pixels = 255 - pixels if background == "black" else pixels
+    image = Image.fromarray(pixels).resize((256, 256), Image.Resampling.LANCZOS)
+    image.save(tmp_path / "original.png")
+    image.crop((0, 10, 256, 243)).save(tmp_path / "a-crop.png")
+    turned(image, 3.0).save(tmp_path / "a-turned.png")
+    darker(image).save(tmp_path / "a-darker.png")
+    result = deduplicate_with_geometry(tmp_path)
+    copies = ["a-crop.png", "a-turned.png", "a-darker.png"]
+    assert (result.loc[copies, "cluster_id"] == result.loc["original.png", "cluster_id"]).all()
+    assert result.loc["original.png", "open_border"] > 0.3  # the leg runs off the top and bottom
+    assert result.loc["original.png", "is_kept"] and not result.loc[copies, "is_kept"].any()
+
+
+def test_a_copy_is_filled_when_its_border_is_far_more_closed_than_its_widest_mate():
+    open_border = pd.Series([0.9, 0.05, 0.6, 0.2, 0.05, 0.3, None], dtype="Float64")
+    clusters = np.array([0, 0, 0, 1, 1, 2, 2])
+    # 0.05 is at most half of 0.9 and 0.85 below it; 0.6 keeps two thirds; in cluster 1, 0.05
+    # is a quarter of 0.2 but only 0.15 below it: two nearly flat borders; null is never filled
+    assert filled_copies(open_border, clusters).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_the_strongest_layer_names_each_match(tmp_path):

@@ -386,3 +386,26 @@ def test_a_flat_folder_with_a_labels_csv_is_refused_for_giving_no_labels(tmp_pat
         scan_dataset(tmp_path, workers=1)
     forced = scan_dataset(tmp_path, ScanConfig(layout="none"), workers=1)
     assert forced.layout_warnings == ()  # no labels asked for, none missing
+
+
+def test_the_open_border_is_the_share_of_the_most_open_side_that_the_picture_reaches(tmp_path):
+    rng = np.random.default_rng(0)
+    picture = rng.integers(60, 200, (64, 64), dtype=np.uint8)  # runs off every side
+    framed = np.zeros_like(picture)
+    framed[8:56, 8:56] = picture[8:56, 8:56]  # a flat black frame all round
+    half = np.zeros_like(picture)
+    half[:, 32:] = picture[:, 32:]  # open on the right, half open on top and bottom
+    for name, pixels in {"picture": picture, "framed": framed, "half": half}.items():
+        save_gray(tmp_path / "a" / f"{name}.png", pixels)
+    turned = Image.fromarray(picture).rotate(5, expand=True, fillcolor=30)
+    turned.save(tmp_path / "a" / "turned.png")  # the picture touches each side at one point
+    grain = rng.integers(0, 200, (64, 64)).astype(np.uint16)  # under a grey level of 255
+    deep = 1000 + grain
+    deep[8:56, 8:56] = picture[8:56, 8:56].astype(np.uint16) * 257
+    save_gray(tmp_path / "a" / "deep.png", deep)
+    frame = scan_dataset(tmp_path, workers=1).frame.set_index("path")
+    assert frame.loc["a/picture.png", "open_border"] > 0.9
+    assert frame.loc["a/framed.png", "open_border"] == 0.0
+    assert frame.loc["a/half.png", "open_border"] > 0.9  # the most open side, not the mean
+    assert frame.loc["a/turned.png", "open_border"] < 0.1
+    assert frame.loc["a/deep.png", "open_border"] == 0.0  # in grey levels of 255, at any depth
