@@ -48,6 +48,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scan_bench.py
 	$(BIN)/python benchmarks/embed_bench.py
 	$(BIN)/python benchmarks/curation_quality.py
+	$(BIN)/python benchmarks/demo_quality.py --seeds 0-9
+	$(BIN)/python benchmarks/related_films.py --seeds 0-9
+	$(BIN)/python benchmarks/outlier_grid.py
 	$(BIN)/python benchmarks/dedupe_scale.py
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/synth_bench.py

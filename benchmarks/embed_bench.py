@@ -2,9 +2,12 @@
 end to end, (c) a naive one-image-at-a-time loop as in the reference notebook.
 
     .venv/bin/python benchmarks/embed_bench.py [--images 500] [--png 200] [--device auto]
+        [--repeats 3]
 
 Inputs are ~1 MP radiograph-like phantoms, JPEG (and a separate PNG set), cached under
-benchmarks/out/. Figures are images per second and ratios against (a) and (c).
+benchmarks/out/. Figures are images per second and ratios against (a) and (c), each ratio taken
+within one repeat (every repeat measures all of them in turn); printed per repeat, then as the
+median and the worst repeat of each.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torchvision
 from phantoms import OUT, make_images
 from PIL import Image
+from seeds import describe
 from torchvision import transforms
 
 from fracture_curate.embed import EmbedConfig, embed_manifest
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the embed default")
     parser.add_argument("--naive-images", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every measure")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -121,24 +126,35 @@ def main() -> None:
     print(f"batch {batch_size}, {core_workers()} worker processes, {args.size}px inputs")
     print(f"freed memory retained (glibc mallopt) for every measure: {retained}")
 
-    ceilings = {"(a) model alone, one process, all cores": model_alone(device, batch_size)}
-    if not on_cuda:
-        cores = os.cpu_count()
-        label = f"(a) model alone, {cores} 1-thread processes"
-        ceilings[label] = model_alone_per_core(batch_size)
-    a = max(ceilings.values())
-    b_jpeg = end_to_end(jpeg, "embed_jpeg", args.device, args.batch_size or None)
-    b_png = end_to_end(png, "embed_png", args.device, args.batch_size or None)
-    c = naive_loop(jpeg, device, args.naive_images)
-    print(f"{'measure':<44} {'img/s':>8} {'x (a)':>7} {'x (c)':>7}")
-    for label, value in (
-        *ceilings.items(),
-        (f"(b) curate embed, {args.images} JPEG", b_jpeg),
-        (f"(b) curate embed, {args.png} PNG", b_png),
-        ("(c) naive loop, JPEG", c),
-    ):
-        print(f"{label:<44} {value:>8.1f} {value / a:>7.2f} {value / c:>7.2f}")
-    print("x (a) is against the faster of the (a) rows, the ceiling on this machine")
+    runs = range(1, args.repeats + 1)
+    figures: dict[str, list[float]] = {}
+    for run in runs:
+        ceilings = {"(a) model alone, one process, all cores": model_alone(device, batch_size)}
+        if not on_cuda:
+            cores = os.cpu_count()
+            label = f"(a) model alone, {cores} 1-thread processes"
+            ceilings[label] = model_alone_per_core(batch_size)
+        a = max(ceilings.values())
+        b_jpeg = end_to_end(jpeg, "embed_jpeg", args.device, args.batch_size or None)
+        b_png = end_to_end(png, "embed_png", args.device, args.batch_size or None)
+        c = naive_loop(jpeg, device, args.naive_images)
+        print(f"\nrun {run}\n{'measure':<44} {'img/s':>8} {'x (a)':>7} {'x (c)':>7}")
+        for label, value in (
+            *ceilings.items(),
+            (f"(b) curate embed, {args.images} JPEG", b_jpeg),
+            (f"(b) curate embed, {args.png} PNG", b_png),
+            ("(c) naive loop, JPEG", c),
+        ):
+            print(f"{label:<44} {value:>8.1f} {value / a:>7.2f} {value / c:>7.2f}")
+            figures.setdefault(f"{label}, img/s", []).append(value)
+            if not label.startswith(("(a)", "(c)")):
+                figures.setdefault(f"{label}, x (a)", []).append(value / a)
+                figures.setdefault(f"{label}, x (c)", []).append(value / c)
+    print("\nx (a) is against the faster of the (a) rows, the ceiling on this machine")
+    print("median and worst (the lowest) of each figure over the runs:")
+    for label, values in figures.items():
+        form = "{:.1f}" if label.endswith("img/s") else "{:.2f}"
+        print(f"  {label:<54} {describe(values, runs, form=form, word='runs')}")
 
 
 if __name__ == "__main__":

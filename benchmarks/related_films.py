@@ -1,6 +1,6 @@
 """Where copies, other films of one anatomy and strangers fall in the geometry layer's evidence.
 
-    .venv/bin/python benchmarks/related_films.py [--films 6] [--strangers 600]
+    .venv/bin/python benchmarks/related_films.py [--seeds 0-4] [--films 6] [--strangers 600]
 
 For each source (the real chest radiograph RG1 and ankle radiograph RG3 of pydicom-data, and
 generated phantoms) it makes copies (8% crop, 7-degree turn, half size, JPEG quality 50, 15%
@@ -9,17 +9,24 @@ brighter) and stand-ins for other films of the same anatomy
 tissue and grain), and measures each pair's evidence: keypoints on one similarity transform
 (inliers) and their share of the ratio-test matches. Random pairs of different phantoms are the
 strangers. The thresholds (fracture_curate.geometry) should leave a wide margin between them.
+
+Each seed of ``--seeds`` draws its own phantoms (sources and strangers), other films and stranger
+pairs (the two real radiographs are the same in every seed). The evidence table pools the pairs
+of all seeds (its ranges are the extremes of any seed); each verdict is printed as its median over
+the seeds and its worst seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import time
 
 import numpy as np
 import pandas as pd
 from foreign_images import dicom_frames, window
 from PIL import Image
+from seeds import describe, parse_seeds, seed_range
 
 from fracture_curate.geometry import (
     COPY_INLIERS,
@@ -87,27 +94,24 @@ def measure(name: str, image: np.ndarray, films: int, rng: np.random.Generator) 
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--films", type=int, default=6, help="other films made per source")
-    parser.add_argument("--strangers", type=int, default=600, help="random pairs of phantoms")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    sources = {
-        "chest RG1": radiograph("RG1_UNCR.dcm"),
-        "ankle RG3": radiograph("RG3_UNCR.dcm"),
-    }
+def measure_seed(seed: int, films: int, strangers: int, radiographs: dict) -> pd.DataFrame:
+    """Evidence rows of one seed: copies and other films of every source, and strangers. Seed 0
+    draws the phantoms the benchmark always drew (sources 0-3, strangers 100-139)."""
+    rng = np.random.default_rng(seed)
+    base = 1000 * seed
+    sources = dict(radiographs)
     sources |= {
-        f"phantom {k}": np.asarray(draw_phantom(np.random.default_rng(k), 384, k % 2 == 0))
+        f"phantom {k}": np.asarray(draw_phantom(np.random.default_rng(base + k), 384, k % 2 == 0))
         for k in range(4)
     }
-    rows = [row for name, image in sources.items() for row in measure(name, image, args.films, rng)]
+    rows = [row for name, image in sources.items() for row in measure(name, image, films, rng)]
     phantoms = [
-        image_features(np.asarray(draw_phantom(np.random.default_rng(100 + k), 384, k % 2 == 0)))
+        image_features(
+            np.asarray(draw_phantom(np.random.default_rng(base + 100 + k), 384, k % 2 == 0))
+        )
         for k in range(40)
     ]
-    pairs = rng.choice(len(phantoms), (args.strangers, 2))
+    pairs = rng.choice(len(phantoms), (strangers, 2))
     rows += [
         {"source": "phantoms", "pair": "stranger", "kind": "different phantoms"}
         | evidence(phantoms[i], phantoms[j])
@@ -116,6 +120,58 @@ def main() -> None:
     ]
     table = pd.DataFrame(rows)
     table["source"] = table["source"].str.replace(r"phantom \d+", "phantoms", regex=True)
+    table["seed"] = seed
+    return table
+
+
+def verdicts(table: pd.DataFrame) -> dict[str, float]:
+    """One seed's verdicts under the thresholds of fracture_curate.geometry."""
+    called_copy = (table["inliers"] >= COPY_INLIERS) & (table["share"] >= COPY_SHARE)
+    related = (table["inliers"] >= RELATED_INLIERS) & ~called_copy
+    copy, film = table["pair"] == "copy", table["pair"] == "other film"
+    stranger = table["pair"] == "stranger"
+    result = {
+        "copies": int(copy.sum()),
+        "copies called copies": int((called_copy & copy).sum()),
+        "other films": int(film.sum()),
+        "other films called copies": int((called_copy & film).sum()),
+    }
+    for name in sorted(table.loc[film, "source"].unique()):
+        of_source = film & (table["source"] == name)
+        result[f"other films of {name} found related"] = float(related[of_source].mean())
+    result["strangers"] = int(stranger.sum())
+    result["strangers called copies or related"] = int(((called_copy | related) & stranger).sum())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--films", type=int, default=6, help="other films made per source")
+    parser.add_argument("--strangers", type=int, default=600, help="random pairs of phantoms")
+    parser.add_argument("--seeds", default="0-4", help="A-B, A,B,C or A")
+    args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
+    radiographs = {
+        "chest RG1": radiograph("RG1_UNCR.dcm"),
+        "ankle RG3": radiograph("RG3_UNCR.dcm"),
+    }
+    tables, results = [], {}
+    for seed in seeds:
+        start = time.perf_counter()
+        table = measure_seed(seed, args.films, args.strangers, radiographs)
+        tables.append(table)
+        results[seed] = verdicts(table)
+        copies = results[seed]
+        print(
+            f"seed {seed}: {copies['copies called copies']} of {copies['copies']} copies called "
+            f"copies, {copies['other films called copies']} of {copies['other films']} other "
+            f"films called copies, {copies['strangers called copies or related']} of "
+            f"{copies['strangers']} strangers called copies or related "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    table = pd.concat(tables, ignore_index=True)
+    span = seed_range(seeds)
     summary = table.groupby(["pair", "source"]).agg(
         pairs=("inliers", "size"),
         inliers_min=("inliers", "min"),
@@ -123,20 +179,29 @@ def main() -> None:
         share_min=("share", "min"),
         share_max=("share", "max"),
     )
+    print(f"\nevidence, pairs of {span} pooled (the ranges are the extremes of any seed):")
     print(summary.to_string(float_format=lambda v: f"{v:.2f}"))
-    copy, film = table[table["pair"] == "copy"], table[table["pair"] == "other film"]
-    stranger = table[table["pair"] == "stranger"]
-    called_copy = (table["inliers"] >= COPY_INLIERS) & (table["share"] >= COPY_SHARE)
-    related = (table["inliers"] >= RELATED_INLIERS) & ~called_copy
     print(
         f"\nthresholds: copy >= {COPY_INLIERS} inliers and >= {COPY_SHARE:.0%} of matches; "
         f"related >= {RELATED_INLIERS} inliers otherwise"
     )
-    print(f"copies called copies: {called_copy[copy.index].mean():.3f}")
-    print(f"other films called copies: {called_copy[film.index].sum()} of {len(film)}")
-    for name, group in film.groupby("source"):
-        print(f"other films of {name} found related: {related[group.index].mean():.3f}")
-    print(f"strangers called copies or related: {(called_copy | related)[stranger.index].sum()}")
+    print(f"verdicts, median and worst seed ({span}):")
+    frame = pd.DataFrame(results).T
+    copies = frame["copies called copies"] / frame["copies"]
+    print(f"copies called copies: {describe(copies, seeds)} (of {frame['copies'].iloc[0]:.0f})")
+    print(
+        "other films called copies: "
+        + describe(frame["other films called copies"], seeds, False, "{:.0f}")
+        + f" (of {frame['other films'].iloc[0]:.0f})"
+    )
+    for column in frame.columns:
+        if column.startswith("other films of"):
+            print(f"{column}: {describe(frame[column], seeds)}")
+    print(
+        "strangers called copies or related: "
+        + describe(frame["strangers called copies or related"], seeds, False, "{:.0f}")
+        + f" (of {frame['strangers'].median():.0f} a seed)"
+    )
 
 
 if __name__ == "__main__":

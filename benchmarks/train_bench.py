@@ -10,7 +10,9 @@ processes on a GPU machine) -> uint8 batches -> device -> normalise -> forward/b
 The model alone runs the same training step on a uint8 batch already on the device. Both use
 the same model, batch size, AMP (bf16 on CUDA) and channels_last settings. Rounds alternate the
 two measurements (a shared machine's load then moves both); round 1's end-to-end figure
-includes filling the cache.
+includes filling the cache. ``--repeats`` runs it all again from a fresh model, store and loader;
+each run's steady state is the median of its rounds 2 on, and the summary gives the median and
+the worst (the lowest) of the runs' steady states.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from phantoms import OUT, make_images
+from seeds import describe
 
 from fracture_curate.dataset_files import ScannedFile, content_id
 from fracture_curate.model_input import Preprocessing
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--repeats", type=int, default=3, help="runs from a fresh model")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -97,7 +101,29 @@ def main() -> None:
     )
     folder = make_images(f"train-{args.images}-{args.source_size}", args.images, args.source_size)
     paths = sorted(folder.glob("*/*.jpg"))
+    runs = range(1, args.repeats + 1)
+    steady = [run_once(args, paths, device, workers, requested, run) for run in runs]
+    if args.epochs > 1:
+        print(f"\nsteady states over the runs (median and worst of {len(steady)}):")
+        for index, label in enumerate(("model alone img/s", "end to end img/s")):
+            print(
+                f"  {label}: {describe([s[index] for s in steady], runs, True, '{:.1f}', 'runs')}"
+            )
+        ratios = [s[2] for s in steady]
+        print(f"  end to end / model alone: {describe(ratios, runs, True, '{:.2f}', 'runs')}")
 
+
+def run_once(
+    args: argparse.Namespace,
+    paths: list[Path],
+    device: torch.device,
+    workers: int,
+    requested: int | None,
+    run: int,
+) -> tuple[float, float, float]:
+    """One run from a fresh model, store and loader; its steady state (model alone, end to end,
+    ratio; medians of rounds 2 on), NaN with one round."""
+    on_cuda = device.type == "cuda"
     torch.manual_seed(0)
     preprocessing = Preprocessing(args.image_size)
     placement = Placement.create(
@@ -135,21 +161,26 @@ def main() -> None:
             end_to_end.append(train_epoch(model, loader, optimizer, criterion, placement))
 
     first = end_to_end[0].images / (fill_seconds + end_to_end[0].seconds)
-    print(f"\n{'round':<7} {'alone img/s':>12} {'end to end img/s':>17} {'ratio':>6}")
+    print(f"\nrun {run}\n{'round':<7} {'alone img/s':>12} {'end to end img/s':>17} {'ratio':>6}")
     print(
         f"{'1':<7} {alone[0]:>12.1f} {first:>17.1f} {first / alone[0]:>6.2f}  (decoding {decoded})"
     )
     for index in range(1, len(alone)):
         rate = end_to_end[index].images_per_second
         print(f"{index + 1:<7} {alone[index]:>12.1f} {rate:>17.1f} {rate / alone[index]:>6.2f}")
-    if len(alone) > 1:
-        ratios = [e.images_per_second / a for e, a in zip(end_to_end[1:], alone[1:], strict=True)]
-        print(
-            f"steady state (rounds 2-{len(alone)}, median): model alone "
-            f"{np.median(alone[1:]):.1f} img/s, end to end "
-            f"{np.median([e.images_per_second for e in end_to_end[1:]]):.1f} img/s, "
-            f"ratio {np.median(ratios):.2f}"
-        )
+    if len(alone) == 1:
+        return float("nan"), float("nan"), float("nan")
+    ratios = [e.images_per_second / a for e, a in zip(end_to_end[1:], alone[1:], strict=True)]
+    steady = (
+        float(np.median(alone[1:])),
+        float(np.median([e.images_per_second for e in end_to_end[1:]])),
+        float(np.median(ratios)),
+    )
+    print(
+        f"steady state (rounds 2-{len(alone)}, median): model alone {steady[0]:.1f} img/s, "
+        f"end to end {steady[1]:.1f} img/s, ratio {steady[2]:.2f} (worst round {min(ratios):.2f})"
+    )
+    return steady
 
 
 if __name__ == "__main__":
