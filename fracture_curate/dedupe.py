@@ -233,7 +233,7 @@ def filled_copies(open_border: pd.Series, clusters: np.ndarray) -> np.ndarray:
     return filled.fillna(False).to_numpy(dtype=bool)
 
 
-def keep_order(frame: pd.DataFrame, clusters: np.ndarray | None = None) -> pd.Series:
+def keep_order(frame: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
     """Rank for choosing the kept copy, 0 first: the original, when the cluster holds one.
 
     In order: lossless over lossy (a PNG holding exactly a JPEG's pixels is that JPEG re-saved,
@@ -241,24 +241,22 @@ def keep_order(frame: pd.DataFrame, clusters: np.ndarray | None = None) -> pd.Se
     is flat fill (:func:`filled_copies`: a turn with an expanded canvas, padding); the most
     pixels (a crop or a reduced copy has fewer); among lossless copies, the most grey levels
     (a point operation such as a brightness or contrast change can only merge levels); then the
-    path. ``clusters`` gives each row's cluster; without it no row is taken for filled.
+    path. ``clusters`` gives each row's cluster.
     """
     ranked = pd.DataFrame(
         {
             "lossy": ~frame["format"].isin(LOSSLESS_FORMATS),
             "pixels": -(frame["width"] * frame["height"]),
             "path": frame["path"],  # unique: no two rows tie
-        },
-        index=frame.index,
+        }
     )
     lossy_pixels = frame.loc[ranked["lossy"], "pixel_sha256"]
     ranked["resaved"] = ~ranked["lossy"] & frame["pixel_sha256"].isin(lossy_pixels)
     ranked["lossy"] |= ranked["resaved"]
-    ranked["filled"] = False
-    if clusters is not None and "open_border" in frame:
-        ranked["filled"] = filled_copies(frame["open_border"], clusters)
-    # JPEG noise adds levels of its own, so only lossless copies are ranked by them.
-    ranked["levels"] = -frame["colour_count"].where(~ranked["lossy"], 0)
+    ranked["filled"] = filled_copies(frame["open_border"], clusters)
+    # JPEG noise adds levels of its own, so only lossless copies are ranked by them (the lossy
+    # ones all get a null, which ties).
+    ranked["levels"] = -frame["colour_count"].where(~ranked["lossy"])
     order = ranked.sort_values(["lossy", "filled", "pixels", "levels", "resaved", "path"]).index
     return pd.Series(np.arange(len(order)), index=order).reindex(frame.index)
 

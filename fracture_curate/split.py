@@ -26,8 +26,9 @@ class SplitError(CurateError):
     """Data that cannot give the requested split (too few groups or images per label)."""
 
 
-#: How far the three fractions may sum from 1 (rounding in what a user types: 0.7/0.15/0.15).
-FRACTION_TOLERANCE = 1e-6
+#: How far the three fractions may sum from 1 (rounding in what a user types: 0.7/0.15/0.15);
+#: a power of two, about 1e-6, so that the cut-off itself is exact.
+FRACTION_TOLERANCE = 2.0**-20
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,18 @@ def test_a_copy_is_filled_when_its_border_is_far_more_closed_than_its_widest_mat
     ]
 
 
+def test_a_copy_exactly_at_both_cut_offs_is_filled():
+    # 0.25 is exactly FILL_SHARE (0.5) of 0.5 and exactly FILL_MARGIN (0.25) below it; 0.5 of a
+    # widest 0.8 is more than 0.5 x 0.8, though under 0.5 / 0.8: a share, not a ratio
+    open_border = pd.Series([0.5, 0.25, 0.8, 0.5], dtype="Float64")
+    assert filled_copies(open_border, np.array([0, 0, 1, 1])).tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
+
+
 def test_the_strongest_layer_names_each_match(tmp_path):
     image = phantom(1)
     image.save(tmp_path / "a.png", compress_level=6)

@@ -364,5 +364,14 @@ def test_a_stage_written_again_says_what_it_replaced_and_what_is_now_stale(tmp_p
         "dedupe.parquet was made from the old one: run `curate dedupe` again",
         True,
     )
+    manifest_path(tmp_path, "embed").touch()  # the next stage of all counts too
+    assert replaced_lines(tmp_path, "scan", before)[1] == (
+        "embeddings.parquet, dedupe.parquet were made from the old one: run `curate embed`, "
+        "`curate dedupe` again",
+        True,
+    )
     manifest_path(tmp_path, "split").write_bytes(b"not parquet")
     assert written_before(tmp_path, "split") == "an unreadable file"
+    table = pa.table({"x": [1]}).replace_schema_metadata({METADATA_KEY: json.dumps({})})
+    pq.write_table(table, manifest_path(tmp_path, "outliers"))  # provenance without a date
+    assert written_before(tmp_path, "outliers") == "an unknown time"

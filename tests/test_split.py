@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import curated_table, noise_image, save_gray, write_embeddings
@@ -13,12 +14,15 @@ from fracture_curate.outliers import OutlierConfig, run_outliers
 from fracture_curate.scan import run_scan
 from fracture_curate.schema import EXCLUSION_KINDS
 from fracture_curate.split import (
+    FRACTION_TOLERANCE,
     SplitConfig,
     SplitError,
     assign_splits,
+    cover_every_label,
     exclusions,
     leakage_groups,
     make_split,
+    missing_label_lines,
     missing_labels,
     run_split,
     split_summary,
@@ -322,3 +326,40 @@ def test_a_label_with_too_few_groups_is_reported_missing_from_a_split():
     assert gaps["split"].iloc[0] in ("train", "val", "test")
     held = set(result.loc[result["label"] == "positive", "split"])
     assert gaps["split"].iloc[0] not in held and len(held) == 2
+
+
+def test_groups_move_from_the_split_holding_most_of_the_label_and_never_empty_one():
+    """Five 'b' groups: three in train, two in val, none in test; and 'a' everywhere."""
+    labels = np.array(["a"] * 6 + ["b"] * 5, dtype=object)
+    groups = np.arange(11)
+    assigned = np.array(["train", "val", "test"] * 2 + ["train"] * 3 + ["val"] * 2, dtype=object)
+    covered = cover_every_label(assigned, labels, groups)
+    b = covered[labels == "b"]
+    assert sorted(b) == ["test", "train", "train", "val", "val"]  # one of train's three
+    assert (covered[labels == "a"] == assigned[labels == "a"]).all()  # nothing else moved
+    # a donor with exactly two groups gives one; with one it gives none, even to fill a gap
+    two = np.array(["train", "val", "test"] * 2 + ["train", "train"], dtype=object)
+    labels = np.array(["a"] * 6 + ["b"] * 2, dtype=object)
+    covered = cover_every_label(two, labels, np.arange(8))
+    b = covered[labels == "b"]
+    assert "train" in b and len(set(b)) == 2  # train keeps one; val or test still lacks 'b'
+
+
+def test_missing_labels_name_the_split_and_the_label_or_an_empty_table():
+    whole = make_split(curated_table(["a", "b"] * 20), SplitConfig(seed=0))
+    assert list(missing_labels(whole).columns) == ["split", "label", "groups"]
+    assert missing_labels(whole).empty and missing_label_lines(whole) == []
+    lacking = make_split(rare_patients(2, films=3), SplitConfig(seed=0))
+    (line,) = missing_label_lines(lacking)
+    split = missing_labels(lacking)["split"].iloc[0]
+    assert line == (
+        f"{split} holds no 'positive' image: the label has 2 independent group(s) (patients, "
+        "duplicate clusters, related films), too few for every split; metrics that need both "
+        f"classes (AUROC, sensitivity) cannot be measured on {split}"
+    )
+
+
+def test_fractions_may_miss_1_by_the_tolerance_and_no_more():
+    SplitConfig(train=0.5, val=0.25, test=0.25 + FRACTION_TOLERANCE)  # exact in binary
+    with pytest.raises(ConfigError, match="sum to 1"):
+        SplitConfig(train=0.5, val=0.25, test=0.25 + 2 * FRACTION_TOLERANCE)
