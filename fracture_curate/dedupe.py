@@ -41,7 +41,6 @@ from fracture_curate.vectors import (
     unit_rows,
 )
 
-LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF"})
 #: A copy is filled (its extra canvas flat fill) when its ``open_border`` is at most FILL_SHARE of
 #: the widest in its cluster and FILL_MARGIN below it. Measured on planted copies: copies turned
 #: on an expanded canvas (median border grey fill), 2-10 degrees, of 40 phantoms (`curate synth
@@ -245,7 +244,7 @@ def keep_order(frame: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
     """
     ranked = pd.DataFrame(
         {
-            "lossy": ~frame["format"].isin(LOSSLESS_FORMATS),
+            "lossy": frame["lossy"].fillna(True).astype(bool),  # unknown: no better than lossy
             "pixels": -(frame["width"] * frame["height"]),
             "path": frame["path"],  # unique: no two rows tie
         }

@@ -1,6 +1,7 @@
 """The one image loader every stage uses.
 
-It reads the format from the content (never the file name), guards against decompression bombs,
+It reads the format from the content (never the file name; DICOM through
+:mod:`fracture_curate.dicom`), guards against decompression bombs,
 applies EXIF orientation and brings every mode the datasets contain (8/16-bit grayscale, palette,
 CMYK, LA/RGBA, RGB) to a canonical pixel array. Failures raise :class:`ImageLoadError`, whose
 ``status`` and ``reason`` go straight into a manifest row.
@@ -9,48 +10,20 @@ CMYK, LA/RGBA, RGB) to a canonical pixel array. Failures raise :class:`ImageLoad
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fracture_curate.errors import CurateError
+from fracture_curate.dicom import is_dicom, load_dicom
+from fracture_curate.image_types import ImageLoadError, LoadedImage
 
+#: Pillow formats whose encoding keeps every pixel (a DICOM says so in its header).
+LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF", "GIF"})
 #: Larger images are refused as probable decompression bombs: Pillow's own default, 89.5 Mpx.
 DEFAULT_MAX_PIXELS = 89_478_485
 #: This loader's guard (``max_pixels``, checked on the header before any pixel is decoded)
 #: replaces Pillow's global one, so that a larger ``--max-pixels`` is honoured too.
 Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageLoadError(CurateError):
-    """An image that cannot be used, with a manifest ``status`` and a one-line ``reason``."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return type(self), (self.status, self.reason)  # picklable across worker processes
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """A decoded image: the canonical pixel array plus what the file said about itself."""
-
-    pixels: np.ndarray  #: H x W (grayscale, uint8 or uint16) or H x W x 3 (RGB, uint8)
-    format: str  #: the container format Pillow detected from the content, e.g. "JPEG"
-    mode: str  #: the file's own Pillow mode before conversion, e.g. "I;16", "P", "CMYK"
-    n_frames: int
-
-    @property
-    def bit_depth(self) -> int:
-        return 16 if self.pixels.dtype == np.uint16 else 8
-
-    @property
-    def is_grayscale(self) -> bool:
-        return self.pixels.ndim == 2
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -98,7 +71,9 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> LoadedImage:
-    """Open and decode an image from a file's bytes in one step."""
+    """Open and decode an image (DICOM included) from a file's bytes in one step."""
+    if is_dicom(data):
+        return load_dicom(data, max_pixels=max_pixels)
     with open_image(data, max_pixels=max_pixels) as image:
         return decode(image, draft_size=draft_size)
 

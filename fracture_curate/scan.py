@@ -22,9 +22,12 @@ from fracture_curate.dataset_files import (
     printable_path,
     resolve_inside,
 )
+from fracture_curate.dicom import DICOM_FORMAT, is_dicom, load_dicom
+from fracture_curate.dicom import read_header as read_dicom_header
 from fracture_curate.errors import ConfigError
 from fracture_curate.images import (
     DEFAULT_MAX_PIXELS,
+    LOSSLESS_FORMATS,
     ImageLoadError,
     LoadedImage,
     decode,
@@ -56,7 +59,7 @@ class ScanConfig:
 
     layout: str = "auto"  #: one of LAYOUTS; "auto" detects it, a labels CSV implies "csv"
     labels_csv: Path | None = None  #: CSV with path,label (and optional split, patient_id...)
-    formats: tuple[str, ...] = ("JPEG", "PNG")  #: formats kept (read from the content)
+    formats: tuple[str, ...] = ("JPEG", "PNG", "DICOM")  #: formats kept (read from the content)
     max_pixels: int = DEFAULT_MAX_PIXELS  #: decompression-bomb guard
     #: Images smaller than this on a side, longer than ``max_aspect`` times their width (or the
     #: other way round), or of a single grey level, are ``degenerate``: no radiograph looks so,
@@ -142,16 +145,23 @@ def inspect_file(
     if not data:
         return row | _failure("empty", "zero-byte file")
     try:
-        with open_image(data, max_pixels=config.max_pixels) as image:
-            row["format"] = image.format
-            row["width"], row["height"] = image.size
-            row["mode"] = image.mode
-            if image.format not in config.formats:
-                kept = ", ".join(config.formats)
-                return row | _failure(
-                    "dropped_format", f"{image.format} is not a kept format ({kept})"
-                )
-            loaded = decode(image)
+        if is_dicom(data):
+            row["format"] = DICOM_FORMAT
+            header = read_dicom_header(data)
+            row["mode"], row["lossy"] = header.photometric, header.lossy
+            row["width"], row["height"] = header.width, header.height
+            if DICOM_FORMAT not in config.formats:
+                return row | _dropped(DICOM_FORMAT, config)
+            loaded = load_dicom(data, max_pixels=config.max_pixels)
+        else:
+            with open_image(data, max_pixels=config.max_pixels) as image:
+                row["format"] = image.format
+                row["width"], row["height"] = image.size
+                row["mode"] = image.mode
+                row["lossy"] = image.format not in LOSSLESS_FORMATS
+                if image.format not in config.formats:
+                    return row | _dropped(image.format, config)
+                loaded = decode(image)
     except ImageLoadError as error:
         return row | _failure(error.status, error.reason)
     stats = image_stats(loaded)
@@ -459,6 +469,11 @@ def summarise_scan(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         .to_frame("files"),
         "label_by_split": by_split,
     }
+
+
+def _dropped(file_format: str, config: ScanConfig) -> dict[str, str]:
+    kept = ", ".join(config.formats)
+    return _failure("dropped_format", f"{file_format} is not a kept format ({kept})")
 
 
 def _failure(status: str, reason: str) -> dict[str, str]:

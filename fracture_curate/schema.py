@@ -34,6 +34,7 @@ STATUSES = (
     "table",  # a CSV that names the set's images: a labels CSV, curate synth's planted.csv
     "too_large",  # over the decompression-bomb guard
     "dropped_format",  # a format not kept (GIF, WEBP by default)
+    "unsupported",  # a DICOM transfer syntax that no installed decoder reads
     "truncated",  # the data stops early
     "corrupt",  # the data is damaged
     "degenerate",  # too small, an extreme aspect ratio, or blank: not a radiograph
@@ -70,7 +71,8 @@ SCAN_COLUMNS: dict[str, str] = {
     "body_region": "string",
     "width": "Int64",
     "height": "Int64",
-    "mode": "string",  # the file's own Pillow mode
+    "mode": "string",  # the file's own Pillow mode; a DICOM's PhotometricInterpretation
+    "lossy": "boolean",  # its encoding lost information: JPEG, WEBP, a lossy DICOM syntax
     "bit_depth": "Int64",
     "n_frames": "Int64",
     "colour_count": "Int64",

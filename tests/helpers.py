@@ -83,6 +83,7 @@ def curated_table(labels: list[str], stage: str = "outliers", **columns: object)
         "width": 64,
         "height": 64,
         "format": "PNG",
+        "lossy": False,
         "cluster_id": range(n),
         "cluster_size": 1,
         "is_kept": True,

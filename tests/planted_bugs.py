@@ -61,7 +61,7 @@ BUGS = [
     (
         "lossless over lossy ignored",
         "fracture_curate/dedupe.py",
-        '"lossy": ~frame["format"].isin(LOSSLESS_FORMATS),',
+        '"lossy": frame["lossy"].fillna(True).astype(bool),',
         '"lossy": False,',
         ["tests/test_dedupe.py::test_the_kept_copy_is_lossless_over_lossy_then_the_largest"],
     ),

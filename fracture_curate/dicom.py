@@ -1,0 +1,216 @@
+"""DICOM files as the image loader reads them: recognised by content, decoded with pydicom, and
+brought to the grayscale a PNG radiograph gives.
+
+The pixel pipeline, in the order DICOM prescribes (PS3.4 N.2): the stored values, then the
+modality LUT (rescale slope and intercept, or a modality LUT sequence), then the VOI LUT (a VOI LUT
+sequence, or the window centre and width; the first preset when the file holds several), then
+MONOCHROME1 inverted so that bone is bright; the result is scaled to the full 16 bits. Colour
+files (RGB, YBR) come out as 8-bit RGB, as a colour PNG does. A multi-frame file gives its first
+frame; ``LoadedImage.n_frames`` records how many it holds.
+
+Compressed transfer syntaxes decode through pydicom's plugins: Pillow (JPEG baseline, JPEG 2000)
+and GDCM (``python-gdcm``, BSD-licensed: JPEG lossless, JPEG-LS, JPEG 2000, RLE), one wheel that
+covers every syntax radiographs are stored in (pylibjpeg's JPEG-lossless plugin is GPL).
+
+Nothing of the header but what the pixels need is read here: no patient data ever leaves this
+module.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fracture_curate.image_types import ImageLoadError, LoadedImage
+
+#: The marker after a DICOM Part 10 file's 128-byte preamble.
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+#: The ``format`` of a DICOM file in the scan table.
+DICOM_FORMAT = "DICOM"
+#: Full scale of the windowed output: the 16 bits of a deep grayscale PNG.
+FULL_SCALE = 65535
+NO_SOP_CLASS = "no SOP class"
+#: Transfer syntaxes that lose information (the others: uncompressed, RLE, JPEG lossless,
+#: JPEG-LS lossless, the lossless JPEG 2000 and HTJ2K variants, deflate).
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.93",  # JPEG 2000 part 2 multi-component
+        "1.2.840.10008.1.2.4.203",  # HTJ2K
+    }
+)
+#: Pixel Data, Float Pixel Data and Double Float Pixel Data.
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the header says about a DICOM file's pixels, read without decoding them."""
+
+    width: int
+    height: int
+    photometric: str  #: PhotometricInterpretation, e.g. "MONOCHROME1"; the scan's ``mode``
+    n_frames: int
+    transfer_syntax: str  #: its name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
+    lossy: bool  #: a lossy transfer syntax, or marked as lossily compressed once (0028,2110)
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: ``DICM`` at byte 128, whatever the file's name."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+
+
+def read_header(data: bytes) -> DicomHeader:
+    """The pixel description of a DICOM file; ``ImageLoadError`` for a file without pixel data
+    or with a header that cannot be read."""
+    return _header(_read(data))
+
+
+def load_dicom(data: bytes, *, max_pixels: int) -> LoadedImage:
+    """Decode a DICOM file's first frame through the pixel pipeline of the module docstring."""
+    dataset = _read(data)
+    header = _header(dataset)
+    if header.width * header.height > max_pixels:
+        raise ImageLoadError(
+            "too_large",
+            f"{header.width}x{header.height} exceeds the {max_pixels:,}-pixel guard",
+        )
+    try:
+        dataset.pixel_array_options(index=0)
+        with _quiet():
+            stored = dataset.pixel_array
+    except (RuntimeError, NotImplementedError) as error:
+        raise ImageLoadError(
+            "unsupported", f"no installed decoder reads DICOM {header.transfer_syntax}"
+        ) from error
+    except (ValueError, EOFError, OSError, AttributeError, TypeError, IndexError) as error:
+        # pydicom's message may quote header values: only its kind reaches the manifest
+        status = "truncated" if _too_short(error) else "corrupt"
+        raise ImageLoadError(
+            status, f"cannot decode DICOM {header.transfer_syntax} ({type(error).__name__})"
+        ) from error
+    if stored.ndim == 3:  # colour: pydicom gives RGB (YBR converted)
+        pixels = np.ascontiguousarray(_to_uint8(stored))
+    else:
+        pixels = grayscale(stored, dataset)
+    return LoadedImage(
+        pixels=pixels, format=DICOM_FORMAT, mode=header.photometric, n_frames=header.n_frames
+    )
+
+
+def grayscale(stored: np.ndarray, dataset: Any) -> np.ndarray:
+    """A monochrome frame through the modality LUT, the first VOI LUT or window, and
+    MONOCHROME1 inversion, scaled to uint16 (bone bright)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    modality = apply_modality_lut(stored, dataset)
+    values = np.asarray(modality, dtype=np.float64)
+    low, high = _voi_range(values, dataset)
+    if "VOILUTSequence" in dataset:  # a LUT is indexed by whole modality values
+        with _quiet():
+            looked_up = apply_voi_lut(np.rint(modality).astype(np.int64), dataset, index=0)
+        values = np.asarray(looked_up, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+    scaled = (np.clip(values, low, high) - low) / max(high - low, np.finfo(float).eps)
+    pixels = np.rint(scaled * FULL_SCALE).astype(np.uint16)
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        pixels = FULL_SCALE - pixels
+    return pixels
+
+
+def _voi_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
+    """The first window's linear range (PS3.3 C.11.2.1.2), or the frame's own range."""
+    centre, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if centre is not None and width is not None:
+        centre = float(centre[0] if _is_multi(centre) else centre)
+        width = float(width[0] if _is_multi(width) else width)
+        if width >= 1:
+            return centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
+    return float(values.min()), float(values.max())
+
+
+def _read(data: bytes) -> Any:
+    """The whole dataset (pixel data still encoded); ``ImageLoadError`` naming the error's kind
+    only, since pydicom's message may quote header values (a patient's name)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with _quiet():
+            return pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as error:
+        status = "truncated" if _too_short(error) else "corrupt"
+        raise ImageLoadError(
+            status, f"cannot read the DICOM header ({type(error).__name__})"
+        ) from error
+
+
+def _header(dataset: Any) -> DicomHeader:
+    if not any(tag in dataset for tag in PIXEL_DATA_TAGS):
+        kind = _kind(dataset)
+        if "Image" in kind or kind == NO_SOP_CLASS:  # an image's header, then the file ends
+            raise ImageLoadError("truncated", f"DICOM ({kind}) ends before its pixel data")
+        raise ImageLoadError("not_image", f"DICOM without pixel data ({kind})")
+    try:
+        width, height = int(dataset.Columns), int(dataset.Rows)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ImageLoadError("corrupt", "DICOM header without Rows and Columns") from error
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return DicomHeader(
+        width=width,
+        height=height,
+        photometric=str(dataset.get("PhotometricInterpretation", "MONOCHROME2")),
+        n_frames=int(dataset.get("NumberOfFrames", 1) or 1),
+        transfer_syntax=syntax.name if syntax is not None else "of no stated transfer syntax",
+        lossy=syntax in LOSSY_SYNTAXES or dataset.get("LossyImageCompression") == "01",
+    )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom's warnings and log lines silenced: a file's problems reach the manifest as its
+    status and reason, and a message that quotes a header value must reach nothing."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _kind(dataset: Any) -> str:
+    """The SOP class in words ("Basic Text SR Storage"), or NO_SOP_CLASS."""
+    uid = dataset.get("SOPClassUID")
+    return uid.name if uid is not None else NO_SOP_CLASS
+
+
+def _is_multi(value: object) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str | bytes)
+
+
+def _too_short(error: BaseException) -> bool:
+    message = str(error).lower()
+    words = ("less than expected", "reshape", "end of file", "truncat")
+    return any(word in message for word in words)
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    top = float(pixels.max()) or 1.0
+    return np.rint(np.clip(pixels, 0, None) / top * 255).astype(np.uint8)

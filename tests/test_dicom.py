@@ -1,0 +1,183 @@
+"""DICOM read by the one image loader: real radiographs of pydicom-data in every encoding they
+come in, the pixel pipeline step by step, and every kind of broken file as a scan row."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from fracture_curate.dedupe import DedupeConfig, run_dedupe
+from fracture_curate.dicom import FULL_SCALE, is_dicom
+from fracture_curate.images import ImageLoadError, load_image
+from fracture_curate.scan import scan_dataset
+
+
+def dicom_bytes(name: str) -> bytes:
+    with open(get_testdata_file(name), "rb") as file:
+        return file.read()
+
+
+def saved(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_dicom_is_recognised_by_its_content_not_its_name():
+    assert is_dicom(dicom_bytes("RG3_UNCR.dcm"))
+    assert not is_dicom(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    assert not is_dicom(b"DICM")  # the marker counts only after the 128-byte preamble
+
+
+def test_every_encoding_of_a_real_radiograph_gives_its_picture_bone_bright(ankle_radiograph):
+    plain = load_image(dicom_bytes("RG3_UNCR.dcm"))
+    assert (plain.format, plain.mode, plain.n_frames) == ("DICOM", "MONOCHROME1", 1)
+    assert plain.pixels.dtype == np.uint16 and plain.pixels.shape == (1760, 1760)
+    # its own window (centre 550, width 1024) maps the stored values linearly, then inverted
+    inverted = ankle_radiograph.astype(float)  # the fixture: stored values, MONOCHROME1 undone
+    assert np.corrcoef(plain.pixels.ravel(), inverted.ravel())[0, 1] > 0.999
+    assert plain.pixels.max() == FULL_SCALE
+    lossless = load_image(dicom_bytes("RG3_J2KR.dcm"))
+    assert np.array_equal(lossless.pixels, plain.pixels)
+    lossy = load_image(dicom_bytes("RG3_J2KI.dcm"))
+    error = np.abs(lossy.pixels.astype(float) - plain.pixels) / FULL_SCALE
+    assert 0 < error.mean() < 0.01
+
+
+def test_monochrome1_is_inverted_back_to_the_intensities_of_its_monochrome2_twin():
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    original = load_image(saved(dataset)).pixels
+    stored = dataset.pixel_array  # int16
+    twin = stored.max().astype(np.int32) + stored.min() - stored
+    dataset.PixelData = twin.astype(stored.dtype).tobytes()
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    loaded = load_image(saved(dataset))
+    assert loaded.mode == "MONOCHROME1"
+    assert np.abs(loaded.pixels.astype(int) - original).max() <= 1
+
+
+def test_a_voi_lut_sequence_is_applied_before_the_window():
+    dataset = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    windowed = load_image(saved(dataset)).pixels
+    lut = Dataset()
+    lut.LUTDescriptor = [1024, 0, 16]
+    lut.LUTData = np.linspace(65535, 0, 1024).astype(np.uint16).tobytes()  # a falling ramp
+    dataset.VOILUTSequence = Sequence([lut])
+    reversed_ = load_image(saved(dataset)).pixels
+    assert np.corrcoef(reversed_.ravel(), windowed.ravel())[0, 1] < -0.99
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "reason"),
+    [
+        (lambda: dicom_bytes("rtplan.dcm"), "not_image", "DICOM without pixel data (RT Plan"),
+        (lambda: dicom_bytes("RG3_UNCR.dcm")[:3_000_000], "truncated", "cannot decode DICOM"),
+        (lambda: dicom_bytes("RG3_J2KR.dcm")[:400_000], "truncated", "DICOM"),
+        (lambda: dicom_bytes("RG3_UNCR.dcm")[:200], "truncated", "ends before its pixel data"),
+    ],
+)
+def test_a_dicom_that_cannot_be_shown_says_why(make, status, reason):
+    with pytest.raises(ImageLoadError) as refused:
+        load_image(make())
+    assert refused.value.status == status and reason in refused.value.reason
+
+
+def test_a_transfer_syntax_no_decoder_reads_is_unsupported():
+    dataset = pydicom.dcmread(get_testdata_file("RG3_J2KR.dcm"))
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2
+    with pytest.raises(ImageLoadError) as refused:
+        load_image(saved(dataset))
+    assert refused.value.status == "unsupported"
+    assert (
+        refused.value.reason == "no installed decoder reads DICOM MPEG2 Main Profile / Main Level"
+    )
+
+
+def test_jpeg_lossless_and_colour_dicom_decode():
+    lossless = load_image(dicom_bytes("JPEG-LL.dcm"))  # process 14: GDCM's
+    assert lossless.pixels.dtype == np.uint16 and lossless.pixels.shape == (1024, 256)
+    colour = load_image(dicom_bytes("SC_rgb_jpeg.dcm"))
+    assert colour.pixels.shape == (256, 256, 3) and colour.pixels.dtype == np.uint8
+
+
+def test_a_folder_of_dicom_encodings_scans_and_dedupes_as_copies(tmp_path):
+    data = tmp_path / "data"
+    (data / "ankle").mkdir(parents=True)
+    for name in ("RG3_UNCR.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm"):
+        shutil.copy(get_testdata_file(name), data / "ankle" / name.removesuffix(".dcm"))
+    shutil.copy(get_testdata_file("rtplan.dcm"), data / "ankle" / "plan.dcm")
+    frame = scan_dataset(data, workers=1).frame.set_index("path")
+    assert frame.loc["ankle/plan.dcm", "status"] == "not_image"
+    kept = frame[frame["status"] == "ok"]
+    assert (kept["format"] == "DICOM").all() and len(kept) == 3  # no extension needed
+    assert kept["lossy"].to_dict() == {
+        "ankle/RG3_J2KI": True,
+        "ankle/RG3_J2KR": False,
+        "ankle/RG3_UNCR": False,
+    }
+    assert kept.loc["ankle/RG3_J2KR", "pixel_sha256"] == kept.loc["ankle/RG3_UNCR", "pixel_sha256"]
+    manifests = tmp_path / "manifests"
+    from fracture_curate.scan import run_scan
+
+    run_scan(data, manifests, workers=1)
+    result = run_dedupe(manifests, DedupeConfig(use_embeddings=False, geometry=False)).set_index(
+        "path"
+    )
+    cluster = result.loc[["ankle/RG3_UNCR", "ankle/RG3_J2KR", "ankle/RG3_J2KI"]]
+    assert cluster["cluster_id"].nunique() == 1
+    assert cluster.loc["ankle/RG3_J2KR", "match_kind"] in ("pixels", "bytes")
+    assert not cluster.loc["ankle/RG3_J2KI", "is_kept"]  # a lossless encoding is kept
+
+
+@pytest.mark.slow
+def test_a_mixed_dicom_and_png_set_curates_and_trains(tmp_path):
+    """Phantoms as PNG and real radiographs as DICOM in one class folder set: every stage and
+    the trainer take both, and the DICOM copies are clustered and kept out of the split."""
+    from fracture_curate.embed import EmbedConfig, embed_manifest
+    from fracture_curate.outliers import run_outliers
+    from fracture_curate.scan import run_scan
+    from fracture_curate.split import run_split
+    from fracture_curate.synthetic import generate_dataset
+    from fracture_train.config import TrainConfig
+    from fracture_train.trainer import train_run
+
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    generate_dataset(data, layout="class", n_per_class=12, image_size=64, plant=False, seed=3)
+    for name in ("RG3_UNCR.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm"):
+        shutil.copy(get_testdata_file(name), data / "fractured" / name)
+    for name in ("RG1_UNCR.dcm", "RG1_J2KI.dcm"):
+        shutil.copy(get_testdata_file(name), data / "not fractured" / name)
+    run_scan(data, manifests, workers=1)
+    embed_manifest(manifests, EmbedConfig(weights="random", image_size=64), workers=0)
+    run_dedupe(manifests)
+    run_outliers(manifests)
+    split = run_split(manifests).set_index("path")
+    ankle = split.loc[[f"fractured/RG3_{e}.dcm" for e in ("UNCR", "J2KR", "J2KI")]]
+    assert ankle["cluster_id"].nunique() == 1 and ankle["split"].notna().sum() == 1
+    assert not ankle.loc[ankle["is_kept"].astype(bool), "lossy"].any()  # a lossless encoding
+    assert ankle.loc["fractured/RG3_J2KI.dcm", "excluded_reason"] == "duplicate"
+    chest = split.loc[["not fractured/RG1_UNCR.dcm", "not fractured/RG1_J2KI.dcm"]]
+    assert chest["cluster_id"].nunique() == 1
+    assert chest.loc["not fractured/RG1_UNCR.dcm", "is_kept"]  # lossless over lossy
+    result = train_run(
+        TrainConfig(
+            manifest=manifests / "split.parquet",
+            out=tmp_path / "run",
+            model="fracture_train.models:two_block_cnn",
+            image_size=48,
+            epochs=1,
+            batch_size=8,
+            workers=0,
+        )
+    )
+    assert result.metrics["test"]["n"] > 0
