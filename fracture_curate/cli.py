@@ -32,6 +32,7 @@ from fracture_curate.outliers import (
     run_outliers,
     summarise_outliers,
 )
+from fracture_curate.pseudonyms import KEY_ENV, KEY_FILE
 from fracture_curate.scan import ScanConfig, patient_lines, run_scan, summarise_scan
 from fracture_curate.schema import flags
 from fracture_curate.split import (
@@ -139,6 +140,16 @@ def scan(
             "chest X-ray, NIH ChestX-ray14, CheXpert) when most files follow one.",
         ),
     ] = ScanConfig.auto_patients,
+    pseudonym_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the key (hex) that pseudonymises DICOM patient, study and series "
+            f"ids; default ${KEY_ENV}, else a random key made in OUT/{KEY_FILE} (keep it "
+            "private: never share it with the manifests).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
     with clean_errors():
@@ -153,7 +164,12 @@ def scan(
         before = written_before(out, "scan")
         with make_progress("files") as progress:
             result = run_scan(
-                root, out, config, workers=workers, on_progress=ProgressBars(progress)
+                root,
+                out,
+                config,
+                workers=workers,
+                on_progress=ProgressBars(progress),
+                key_file=pseudonym_key,
             )
     console.print(emphasised("layout: ", result.layout_explained))
     for line in result.layout_warnings:
@@ -168,6 +184,8 @@ def scan(
     console.print(frame_table(summary["status"], "Files by status"))
     console.print(frame_table(summary["format"], "Files by format"))
     console.print(frame_table(summary["label_by_split"], "Kept images: label by source split"))
+    if "imaged" in summary:
+        console.print(frame_table(summary["imaged"], "Kept DICOM images: modality, body, view"))
     if result.unmatched_labels:
         console.print(
             warning(

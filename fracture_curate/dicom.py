@@ -12,8 +12,9 @@ Compressed transfer syntaxes decode through pydicom's plugins: Pillow (JPEG base
 and GDCM (``python-gdcm``, BSD-licensed: JPEG lossless, JPEG-LS, JPEG 2000, RLE), one wheel that
 covers every syntax radiographs are stored in (pylibjpeg's JPEG-lossless plugin is GPL).
 
-Nothing of the header but what the pixels need is read here: no patient data ever leaves this
-module.
+Of the header, only what the pixels need and the scan's header columns are read
+(:func:`header_columns`); the patient, study and series identifiers leave this module only as
+keyed pseudonyms (:mod:`fracture_curate.pseudonyms`), and no message quotes a header value.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from fracture_curate.image_types import ImageLoadError, LoadedImage
+from fracture_curate.pseudonyms import pseudonym
 
 #: The marker after a DICOM Part 10 file's 128-byte preamble.
 DICOM_MAGIC = b"DICM"
@@ -64,6 +66,8 @@ class DicomHeader:
     n_frames: int
     transfer_syntax: str  #: its name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
     lossy: bool  #: a lossy transfer syntax, or marked as lossily compressed once (0028,2110)
+    #: The scan columns the header fills (:data:`HEADER_COLUMNS`), identifiers pseudonymised.
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 def is_dicom(data: bytes) -> bool:
@@ -71,10 +75,47 @@ def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
-def read_header(data: bytes) -> DicomHeader:
-    """The pixel description of a DICOM file; ``ImageLoadError`` for a file without pixel data
-    or with a header that cannot be read."""
-    return _header(_read(data))
+def read_header(data: bytes, key: bytes | None = None) -> DicomHeader:
+    """The pixel description of a DICOM file and, given the dataset's pseudonym ``key``, its
+    header columns; ``ImageLoadError`` for a file without pixel data or an unreadable header."""
+    dataset = _read(data)
+    header = _header(dataset)
+    if key is None:
+        return header
+    return replace(header, columns=header_columns(dataset, key))
+
+
+def header_columns(dataset: Any, key: bytes) -> dict[str, Any]:
+    """The scan columns of :data:`HEADER_COLUMNS` from a dataset: what was imaged and how, and
+    its patient, study and series as pseudonyms under ``key``. Nothing else of the header (no
+    name, birth date or accession number) is read."""
+    spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
+    try:
+        row_spacing = float(spacing[0]) if spacing else None
+    except (TypeError, ValueError, IndexError):
+        row_spacing = None
+    burned_in = str(dataset.get("BurnedInAnnotation", "")).upper()
+
+    def text(keyword: str) -> str | None:
+        value = str(dataset.get(keyword, "") or "").strip()
+        return value or None
+
+    def hidden(keyword: str) -> str | None:
+        value = text(keyword)
+        return pseudonym(key, value) if value else None
+
+    return {
+        "modality": text("Modality"),
+        "body_region": (text("BodyPartExamined") or "").upper() or None,
+        "view_position": text("ViewPosition"),
+        "bits_stored": int(dataset.BitsStored) if "BitsStored" in dataset else None,
+        "pixel_spacing": row_spacing if row_spacing and row_spacing > 0 else None,
+        "manufacturer": text("Manufacturer"),
+        "burned_in_annotation": {"YES": True, "NO": False}.get(burned_in),
+        "patient_id": hidden("PatientID"),
+        "study_id": hidden("StudyInstanceUID"),
+        "series_uid": hidden("SeriesInstanceUID"),
+    }
 
 
 def load_dicom(data: bytes, *, max_pixels: int) -> LoadedImage:

@@ -49,6 +49,7 @@ from fracture_curate.manifest import folder_lock, manifest_path, write_manifest
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import dihedral_phash
 from fracture_curate.progress import Phase, ProgressCallback
+from fracture_curate.pseudonyms import dataset_key
 from fracture_curate.runtime import die_with_parent
 from fracture_curate.schema import SCAN_COLUMNS
 
@@ -118,10 +119,20 @@ class ScanResult:
     pattern_matched: int | None = None
 
 
+#: Header values a DICOM row carries until the labels are known: the layout or labels CSV
+#: speaks first for patient, study and region, the header where they say nothing.
+_DICOM_KEYS = {
+    "patient_id": "dicom_patient",
+    "study_id": "dicom_study",
+    "body_region": "dicom_region",
+}
+
+
 def inspect_file(
-    root: Path, relative_path: str, config: ScanConfig = ScanConfig()
+    root: Path, relative_path: str, config: ScanConfig = ScanConfig(), key: bytes | None = None
 ) -> dict[str, Any]:
-    """One scan row (without labels) for one file. Never raises for a bad file."""
+    """One scan row (without labels) for one file; a DICOM's header columns too, its
+    identifiers as pseudonyms under ``key`` (none without a key). Never raises for a bad file."""
     row: dict[str, Any] = {
         "path": relative_path,
         "extension": PurePosixPath(relative_path).suffix.lower().lstrip("."),
@@ -147,8 +158,9 @@ def inspect_file(
     try:
         if is_dicom(data):
             row["format"] = DICOM_FORMAT
-            header = read_dicom_header(data)
+            header = read_dicom_header(data, key)
             row["mode"], row["lossy"] = header.photometric, header.lossy
+            row |= {_DICOM_KEYS.get(name, name): value for name, value in header.columns.items()}
             row["width"], row["height"] = header.width, header.height
             if DICOM_FORMAT not in config.formats:
                 return row | _dropped(DICOM_FORMAT, config)
@@ -269,8 +281,12 @@ def scan_dataset(
     workers: int | None = None,
     exclude: Sequence[Path] = (),
     on_progress: ProgressCallback | None = None,
+    key: bytes | None = None,
 ) -> ScanResult:
     """Scan every file under ``root`` into a table, one row per file.
+
+    ``key`` pseudonymises the patient, study and series a DICOM header names
+    (:mod:`fracture_curate.pseudonyms`); without one these are not read.
 
     ``workers`` processes inspect the files (default: one per core); ``exclude`` folders are not
     walked. Links out of the root, folders that cannot be listed and names that are not UTF-8
@@ -292,7 +308,7 @@ def scan_dataset(
 
     phase = Phase(on_progress, "scanning", len(listed.files) + len(listed.skipped))
     rows = {}
-    for row in _map(partial(inspect_file, root, config=config), readable, workers):
+    for row in _map(partial(inspect_file, root, config=config, key=key), readable, workers):
         rows[row["path"]] = row
         phase.advance()
     for path in [path for path in listed.files if not is_utf8(path)]:
@@ -306,6 +322,7 @@ def scan_dataset(
             rows[path] |= _failure("table", f"a table naming {table.named:,} files of the set")
     if labels_file in rows and rows[labels_file]["status"] in ("not_image", "table"):
         rows[labels_file] |= _failure("table", "the labels CSV given with --labels")
+    from_headers: set[str] = set()
     for path, row in rows.items():
         labels = (
             csv_labels.get(path)
@@ -314,9 +331,14 @@ def scan_dataset(
         )
         if labels is not None:
             row |= asdict(labels)
+        if row.get("dicom_patient") and not row.get("patient_id"):
+            row["patient_id"], row["study_id"] = row["dicom_patient"], row["dicom_study"]
+            from_headers.add(path)
+        if row.get("dicom_region") and not row.get("body_region"):
+            row["body_region"] = row["dicom_region"]
     table = [rows[path] for path in sorted(rows)]
     frame = pd.DataFrame(table, columns=list(SCAN_COLUMNS)).astype(SCAN_COLUMNS)
-    frame, sources, pattern_matched = read_patients(frame, config, choice.layout)
+    frame, sources, pattern_matched = read_patients(frame, config, choice.layout, from_headers)
     unmatched = sorted(set(csv_labels) - set(listed.files))
     kept_labels = frame.loc[frame["status"] == "ok", "label"]
     return ScanResult(
@@ -342,11 +364,12 @@ _SOURCE_WORDS = {
     "pattern": "file paths (--patient-pattern)",
     "csv": "the labels CSV",
     "mura": "folder names (MURA layout)",
+    "dicom": "DICOM headers (PatientID, pseudonymised)",
 }
 
 
 def read_patients(
-    frame: pd.DataFrame, config: ScanConfig, layout: str
+    frame: pd.DataFrame, config: ScanConfig, layout: str, from_headers: set[str] = frozenset()
 ) -> tuple[pd.DataFrame, tuple[PatientSource, ...], int | None]:
     """Set ``patient_id`` and ``study_id`` from the best source each file has.
 
@@ -364,6 +387,7 @@ def read_patients(
     kept = frame["status"] == "ok"
     source = pd.Series(pd.NA, index=frame.index, dtype="string")
     source[frame["patient_id"].notna()] = "csv" if layout == "csv" else layout
+    source[frame["path"].isin(from_headers)] = "dicom"  # the header, where the layout is silent
     pattern_matched = None
     if config.patient_pattern is not None:
         pattern = compile_patient_pattern(config.patient_pattern)
@@ -381,7 +405,7 @@ def read_patients(
         if best is not None and 2 * best_count >= int(open_rows.sum()):
             _set_keys(frame, best_keys.where(frame["patient_id"].isna()), source, best.key)
     words = _SOURCE_WORDS | {s.key: f"file names ({s.name})" for s in PATIENT_SCHEMES}
-    order = ["pattern", "csv", layout, *(s.key for s in PATIENT_SCHEMES)]
+    order = ["pattern", "csv", layout, "dicom", *(s.key for s in PATIENT_SCHEMES)]
     sources = tuple(
         PatientSource(
             name=name,
@@ -413,11 +437,21 @@ def run_scan(
     *,
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
+    key_file: str | Path | None = None,
 ) -> ScanResult:
-    """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned)."""
+    """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned).
+
+    DICOM identifiers are pseudonymised with :func:`~fracture_curate.pseudonyms.dataset_key`'s
+    key (``key_file``, the environment, or one made beside the manifests).
+    """
     with folder_lock(directory):
         result = scan_dataset(
-            root, config, workers=workers, exclude=[Path(directory)], on_progress=on_progress
+            root,
+            config,
+            workers=workers,
+            exclude=[Path(directory)],
+            on_progress=on_progress,
+            key=dataset_key(directory, key_file),
         )
         params = asdict(config) | {
             "root": str(Path(root).resolve()),
@@ -455,8 +489,18 @@ def patient_lines(result: ScanResult) -> list[tuple[str, bool]]:
 
 
 def summarise_scan(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Counts for the end-of-scan summary: files by status, by format, labels by source split."""
+    """Counts for the end-of-scan summary: files by status, by format, labels by source split;
+    and where DICOM files were kept, ``imaged``: their modality, body part and view."""
     kept = frame[frame["status"] == "ok"]
+    dicom = kept[kept["modality"].notna()]
+    imaged = {}
+    if not dicom.empty:
+        columns = ["modality", "body_region", "view_position"]
+        counts = dicom[columns].fillna("(none)").value_counts().sort_index()
+        counts.index = pd.Index(
+            [" / ".join(keys) for keys in counts.index], name=" / ".join(columns)
+        )
+        imaged["imaged"] = counts.to_frame("files")
     by_split = pd.crosstab(
         kept["label"].fillna("(none)"), kept["source_split"].fillna("(none)"), margins=True
     )
@@ -468,7 +512,7 @@ def summarise_scan(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         .rename_axis("format")
         .to_frame("files"),
         "label_by_split": by_split,
-    }
+    } | imaged
 
 
 def _dropped(file_format: str, config: ScanConfig) -> dict[str, str]:

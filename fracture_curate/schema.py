@@ -68,7 +68,14 @@ SCAN_COLUMNS: dict[str, str] = {
     "source_split": "string",  # train / val / test where the source had splits
     "patient_id": "string",
     "study_id": "string",
-    "body_region": "string",
+    "body_region": "string",  # MURA's XR_<REGION>, or a DICOM's BodyPartExamined
+    "modality": "string",  # DICOM header columns, null for other formats: CR, DX, CT, ...
+    "view_position": "string",  # AP, PA, LAT, ...
+    "bits_stored": "Int64",
+    "pixel_spacing": "Float64",  # mm between rows (PixelSpacing, else ImagerPixelSpacing)
+    "manufacturer": "string",
+    "burned_in_annotation": "boolean",
+    "series_uid": "string",  # SeriesInstanceUID as a keyed pseudonym
     "width": "Int64",
     "height": "Int64",
     "mode": "string",  # the file's own Pillow mode; a DICOM's PhotometricInterpretation

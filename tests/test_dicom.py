@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from typer.testing import CliRunner
 
+from fracture_curate.cli import app
 from fracture_curate.dedupe import DedupeConfig, run_dedupe
 from fracture_curate.dicom import FULL_SCALE, is_dicom
 from fracture_curate.images import ImageLoadError, load_image
+from fracture_curate.pseudonyms import KEY_FILE, pseudonym
+from fracture_curate.report import build_report
 from fracture_curate.scan import scan_dataset
 
 
@@ -139,10 +145,25 @@ def test_a_folder_of_dicom_encodings_scans_and_dedupes_as_copies(tmp_path):
     assert not cluster.loc["ankle/RG3_J2KI", "is_kept"]  # a lossless encoding is kept
 
 
+def readable(path: Path) -> bytes:
+    """A file's bytes, a Parquet table's cells and metadata decompressed (its pages may be)."""
+    if path.suffix != ".parquet":
+        return path.read_bytes()
+    table = pq.read_table(path)
+    metadata = b"".join(table.schema.metadata.values()) if table.schema.metadata else b""
+    return table.to_pandas().map(str).to_csv().encode() + metadata
+
+
+#: What the test radiographs' headers say about their patients (RG3, RG1): IDs, names, birth
+#: dates, accession numbers. None may reach an output.
+IDENTIFIERS = ("11RG3", "9RG1", "CompressedSamples", "19790408", "19400305", "FUJI95706")
+
+
 @pytest.mark.slow
-def test_a_mixed_dicom_and_png_set_curates_and_trains(tmp_path):
+def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path):
     """Phantoms as PNG and real radiographs as DICOM in one class folder set: every stage and
-    the trainer take both, and the DICOM copies are clustered and kept out of the split."""
+    the trainer take both, the DICOM copies are clustered and kept out of the split, and no
+    output (manifests, report, run folder, command-line output, log) names a patient."""
     from fracture_curate.embed import EmbedConfig, embed_manifest
     from fracture_curate.outliers import run_outliers
     from fracture_curate.scan import run_scan
@@ -169,6 +190,7 @@ def test_a_mixed_dicom_and_png_set_curates_and_trains(tmp_path):
     chest = split.loc[["not fractured/RG1_UNCR.dcm", "not fractured/RG1_J2KI.dcm"]]
     assert chest["cluster_id"].nunique() == 1
     assert chest.loc["not fractured/RG1_UNCR.dcm", "is_kept"]  # lossless over lossy
+    logged: list[str] = []
     result = train_run(
         TrainConfig(
             manifest=manifests / "split.parquet",
@@ -178,6 +200,54 @@ def test_a_mixed_dicom_and_png_set_curates_and_trains(tmp_path):
             epochs=1,
             batch_size=8,
             workers=0,
-        )
+        ),
+        log=logged.append,
     )
     assert result.metrics["test"]["n"] > 0
+    report = build_report(manifests, tmp_path / "report.html", run=tmp_path / "run")
+    summary = report.read_text(encoding="utf-8")
+    assert "Kept DICOM files: modality, body part, view" in summary
+    assert "<th>CR / EXTREMITY / AP</th><td>3</td>" in summary
+    cli = CliRunner().invoke(app, ["scan", str(data), "--out", str(tmp_path / "again")])
+    assert cli.exit_code == 0, cli.output
+    # de-identification: no patient id, name, birth date or accession number in any output
+    outputs = [p for p in tmp_path.rglob("*") if p.is_file() and data not in p.parents]
+    outputs = [p for p in outputs if p.name != KEY_FILE]
+    assert len(outputs) > 10
+    texts = [readable(p) for p in outputs] + [cli.output.encode(), "\n".join(logged).encode()]
+    for secret in IDENTIFIERS:
+        assert not any(secret.encode() in text for text in texts), secret
+
+
+def test_header_columns_are_read_and_identifiers_pseudonymised(tmp_path):
+    data = tmp_path / "data"
+    (data / "ankle").mkdir(parents=True)
+    for name in ("RG3_UNCR.dcm", "RG3_J2KI.dcm"):
+        shutil.copy(get_testdata_file(name), data / "ankle" / name)
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), data / "ankle" / "chest.dcm")
+    from fracture_curate.scan import run_scan
+
+    result = run_scan(data, tmp_path / "manifests", workers=1)
+    key_file = tmp_path / "manifests" / KEY_FILE
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    key = bytes.fromhex(key_file.read_text().strip())
+    frame = result.frame.set_index("path")
+    ankle = frame.loc["ankle/RG3_UNCR.dcm"]
+    assert ankle[["modality", "body_region", "view_position", "bits_stored"]].tolist() == [
+        "CR",
+        "EXTREMITY",
+        "AP",
+        10,
+    ]
+    assert ankle["manufacturer"] == "FUJI PHOTO FILM CO. LTD."
+    assert ankle["patient_id"] == pseudonym(key, "11RG3") != "11RG3"
+    assert frame.loc["ankle/RG3_J2KI.dcm", "patient_id"] == ankle["patient_id"]
+    assert frame.loc["ankle/chest.dcm", "patient_id"] == pseudonym(key, "9RG1")
+    assert ankle["study_id"] == pseudonym(key, "1.3.6.1.4.1.5962.1.2.11.20040826185059.5457")
+    assert [s.name for s in result.patient_sources] == ["dicom"]
+    again = run_scan(data, tmp_path / "manifests", workers=1).frame  # the same key, kept
+    assert again["patient_id"].equals(result.frame["patient_id"])
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32)
+    renamed = run_scan(data, tmp_path / "elsewhere", workers=1, key_file=other).frame
+    assert not (renamed["patient_id"].dropna() == result.frame["patient_id"].dropna()).any()

@@ -84,6 +84,11 @@ def summary_section(inputs: ReportInputs, manifests: Path) -> str:
             table(scan["status"], caption="Files by status"),
             table(scan["format"], caption="Files by format"),
             table(scan["label_by_split"], caption="Kept files: label by source split"),
+            *(
+                [table(scan["imaged"], caption="Kept DICOM files: modality, body part, view")]
+                if "imaged" in scan
+                else []
+            ),
         )
         + table(pd.DataFrame(stages).set_index("stage"), caption="Manifests")
     )
