@@ -54,3 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dedupe_scale.py
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/synth_bench.py
+	$(BIN)/python benchmarks/dicom_decode.py
