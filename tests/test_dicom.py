@@ -170,6 +170,7 @@ def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path)
     from fracture_curate.split import run_split
     from fracture_curate.synthetic import generate_dataset
     from fracture_train.config import TrainConfig
+    from fracture_train.evaluate import evaluate_run
     from fracture_train.trainer import train_run
 
     data, manifests = tmp_path / "data", tmp_path / "manifests"
@@ -204,6 +205,9 @@ def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path)
         log=logged.append,
     )
     assert result.metrics["test"]["n"] > 0
+    evaluated = evaluate_run(tmp_path / "run", manifests / "split.parquet", workers=0)
+    used = split["split"].notna().sum()
+    assert evaluated.metrics["all"]["n"] == used  # DICOM rows and PNG rows alike
     report = build_report(manifests, tmp_path / "report.html", run=tmp_path / "run")
     summary = report.read_text(encoding="utf-8")
     assert "Kept DICOM files: modality, body part, view" in summary
@@ -225,9 +229,15 @@ def test_header_columns_are_read_and_identifiers_pseudonymised(tmp_path):
     for name in ("RG3_UNCR.dcm", "RG3_J2KI.dcm"):
         shutil.copy(get_testdata_file(name), data / "ankle" / name)
     shutil.copy(get_testdata_file("RG1_UNCR.dcm"), data / "ankle" / "chest.dcm")
-    from fracture_curate.scan import run_scan
+    shutil.copy(get_testdata_file("CT_small.dcm"), data / "ankle" / "ct.dcm")  # another modality
+    from fracture_curate.scan import run_scan, summarise_scan
 
     result = run_scan(data, tmp_path / "manifests", workers=1)
+    assert summarise_scan(result.frame)["imaged"]["files"].to_dict() == {
+        "CR / CHEST / PA": 1,
+        "CR / EXTREMITY / AP": 2,
+        "CT / (none) / (none)": 1,
+    }
     key_file = tmp_path / "manifests" / KEY_FILE
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     key = bytes.fromhex(key_file.read_text().strip())
