@@ -144,8 +144,8 @@ def scan(
         Path | None,
         typer.Option(
             help="File holding the key (hex) that pseudonymises DICOM patient, study and series "
-            f"ids; default ${KEY_ENV}, else a random key made in OUT/{KEY_FILE} (keep it "
-            "private: never share it with the manifests).",
+            f"ids; default ${KEY_ENV}, else a random key kept in OUT/{KEY_FILE} once a DICOM "
+            "file is found (keep it private: never share it with the manifests).",
             exists=True,
             dir_okay=False,
         ),

@@ -66,7 +66,7 @@ class DicomHeader:
     n_frames: int
     transfer_syntax: str  #: its name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
     lossy: bool  #: a lossy transfer syntax, or marked as lossily compressed once (0028,2110)
-    #: The scan columns the header fills (:data:`HEADER_COLUMNS`), identifiers pseudonymised.
+    #: The scan columns the header fills (:func:`header_columns`), identifiers pseudonymised.
     columns: dict[str, Any] = field(default_factory=dict)
 
 

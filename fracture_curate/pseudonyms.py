@@ -3,8 +3,9 @@ UIDs): the same value always gives the same pseudonym under one key, so splits c
 patient's films, while the value itself never reaches a manifest, a report or a log.
 
 The key, in order: a key file given to the scan (``--pseudonym-key``); the hex key in the
-environment variable :data:`KEY_ENV`; else a random key made for the dataset on its first scan
-and kept beside the manifests, in :data:`KEY_FILE` (readable by its owner only), never in them.
+environment variable :data:`KEY_ENV`; else a random key made for the dataset by the first scan
+that finds a DICOM file, and kept beside the manifests, in :data:`KEY_FILE` (readable by its
+owner only), never in them.
 Whoever holds the key can test a guessed identifier against a pseudonym: keep it with the
 images, not with the manifests you share.
 """
@@ -35,24 +36,31 @@ def pseudonym(key: bytes, value: str) -> str:
     return digest[:PSEUDONYM_DIGITS]
 
 
-def dataset_key(directory: str | Path, key_file: str | Path | None = None) -> bytes:
-    """The key for the manifests in ``directory``: ``key_file``, else :data:`KEY_ENV`, else the
-    folder's own :data:`KEY_FILE`, made at random (owner-only) when missing."""
+def dataset_key(directory: str | Path, key_file: str | Path | None = None) -> tuple[bytes, bool]:
+    """The key for the manifests in ``directory``, and whether it is new: ``key_file``, else
+    :data:`KEY_ENV`, else the folder's own :data:`KEY_FILE`, else a new random key, which
+    :func:`keep_key` writes there once a scan has used it."""
     if key_file is not None:
-        return _read_key(Path(key_file))
+        return _read_key(Path(key_file)), False
     if os.environ.get(KEY_ENV):
         try:
-            return bytes.fromhex(os.environ[KEY_ENV])
+            return bytes.fromhex(os.environ[KEY_ENV]), False
         except ValueError as error:
             raise ConfigError(f"{KEY_ENV} must hold a key in hex") from error
     path = Path(directory) / KEY_FILE
     if path.exists():
-        return _read_key(path)
+        return _read_key(path), False
+    return secrets.token_bytes(KEY_BYTES), True
+
+
+def keep_key(directory: str | Path, key: bytes) -> Path:
+    """Write a new ``key`` as ``directory``'s :data:`KEY_FILE`, readable by its owner only."""
+    path = Path(directory) / KEY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_hex(KEY_BYTES) + "\n")
-    return _read_key(path)
+        file.write(key.hex() + "\n")
+    return path
 
 
 def _read_key(path: Path) -> bytes:

@@ -49,7 +49,7 @@ from fracture_curate.manifest import folder_lock, manifest_path, write_manifest
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import dihedral_phash
 from fracture_curate.progress import Phase, ProgressCallback
-from fracture_curate.pseudonyms import dataset_key
+from fracture_curate.pseudonyms import dataset_key, keep_key
 from fracture_curate.runtime import die_with_parent
 from fracture_curate.schema import SCAN_COLUMNS
 
@@ -442,17 +442,21 @@ def run_scan(
     """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned).
 
     DICOM identifiers are pseudonymised with :func:`~fracture_curate.pseudonyms.dataset_key`'s
-    key (``key_file``, the environment, or one made beside the manifests).
+    key (``key_file``, the environment, or one kept beside the manifests, made by the first scan
+    that finds a DICOM file).
     """
     with folder_lock(directory):
+        key, new_key = dataset_key(directory, key_file)
         result = scan_dataset(
             root,
             config,
             workers=workers,
             exclude=[Path(directory)],
             on_progress=on_progress,
-            key=dataset_key(directory, key_file),
+            key=key,
         )
+        if new_key and (result.frame["format"] == DICOM_FORMAT).any():
+            keep_key(directory, key)
         params = asdict(config) | {
             "root": str(Path(root).resolve()),
             "layout": result.layout,

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+from helpers import write_noise_images
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -232,6 +233,9 @@ def test_header_columns_are_read_and_identifiers_pseudonymised(tmp_path):
     shutil.copy(get_testdata_file("CT_small.dcm"), data / "ankle" / "ct.dcm")  # another modality
     from fracture_curate.scan import run_scan, summarise_scan
 
+    write_noise_images(tmp_path / "plain", ["a.png"])
+    run_scan(tmp_path / "plain", tmp_path / "plain-manifests", workers=1)
+    assert not (tmp_path / "plain-manifests" / KEY_FILE).exists()  # no DICOM, no key to keep
     result = run_scan(data, tmp_path / "manifests", workers=1)
     assert summarise_scan(result.frame)["imaged"]["files"].to_dict() == {
         "CR / CHEST / PA": 1,
