@@ -24,7 +24,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,8 +66,15 @@ class DicomHeader:
     n_frames: int
     transfer_syntax: str  #: its name, e.g. "JPEG 2000 Image Compression (Lossless Only)"
     lossy: bool  #: a lossy transfer syntax, or marked as lossily compressed once (0028,2110)
-    #: The scan columns the header fills (:func:`header_columns`), identifiers pseudonymised.
-    columns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    """A DICOM file parsed once (its pixel data still encoded): the header the scan records and
+    the dataset :func:`decode_dicom` decodes."""
+
+    dataset: Any  #: the pydicom Dataset
+    header: DicomHeader
 
 
 def is_dicom(data: bytes) -> bool:
@@ -75,19 +82,16 @@ def is_dicom(data: bytes) -> bool:
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
-def read_header(data: bytes, key: bytes | None = None) -> DicomHeader:
-    """The pixel description of a DICOM file and, given the dataset's pseudonym ``key``, its
-    header columns; ``ImageLoadError`` for a file without pixel data or an unreadable header."""
+def open_dicom(data: bytes) -> DicomFile:
+    """Parse a DICOM file's bytes, pixels left encoded; ``ImageLoadError`` for a file without
+    pixel data or with a header that cannot be read."""
     dataset = _read(data)
-    header = _header(dataset)
-    if key is None:
-        return header
-    return replace(header, columns=header_columns(dataset, key))
+    return DicomFile(dataset=dataset, header=_header(dataset))
 
 
 def header_columns(dataset: Any, key: bytes) -> dict[str, Any]:
-    """The scan columns of :data:`HEADER_COLUMNS` from a dataset: what was imaged and how, and
-    its patient, study and series as pseudonyms under ``key``. Nothing else of the header (no
+    """The scan columns a DICOM dataset fills: what was imaged and how, and its patient, study
+    and series as pseudonyms under ``key``. Nothing else of the header (no
     name, birth date or accession number) is read."""
     spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
     try:
@@ -120,8 +124,12 @@ def header_columns(dataset: Any, key: bytes) -> dict[str, Any]:
 
 def load_dicom(data: bytes, *, max_pixels: int) -> LoadedImage:
     """Decode a DICOM file's first frame through the pixel pipeline of the module docstring."""
-    dataset = _read(data)
-    header = _header(dataset)
+    return decode_dicom(open_dicom(data), max_pixels=max_pixels)
+
+
+def decode_dicom(file: DicomFile, *, max_pixels: int) -> LoadedImage:
+    """Decode an opened DICOM file's first frame (see :func:`load_dicom`)."""
+    dataset, header = file.dataset, file.header
     if header.width * header.height > max_pixels:
         raise ImageLoadError(
             "too_large",
@@ -156,13 +164,14 @@ def grayscale(stored: np.ndarray, dataset: Any) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     modality = apply_modality_lut(stored, dataset)
-    values = np.asarray(modality, dtype=np.float64)
-    low, high = _voi_range(values, dataset)
     if "VOILUTSequence" in dataset:  # a LUT is indexed by whole modality values
         with _quiet():
             looked_up = apply_voi_lut(np.rint(modality).astype(np.int64), dataset, index=0)
         values = np.asarray(looked_up, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
+    else:
+        values = np.asarray(modality, dtype=np.float64)
+        low, high = _voi_range(values, dataset)
     scaled = (np.clip(values, low, high) - low) / max(high - low, np.finfo(float).eps)
     pixels = np.rint(scaled * FULL_SCALE).astype(np.uint16)
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":

@@ -22,8 +22,7 @@ from fracture_curate.dataset_files import (
     printable_path,
     resolve_inside,
 )
-from fracture_curate.dicom import DICOM_FORMAT, is_dicom, load_dicom
-from fracture_curate.dicom import read_header as read_dicom_header
+from fracture_curate.dicom import DICOM_FORMAT, decode_dicom, header_columns, is_dicom, open_dicom
 from fracture_curate.errors import ConfigError
 from fracture_curate.images import (
     DEFAULT_MAX_PIXELS,
@@ -158,13 +157,15 @@ def inspect_file(
     try:
         if is_dicom(data):
             row["format"] = DICOM_FORMAT
-            header = read_dicom_header(data, key)
-            row["mode"], row["lossy"] = header.photometric, header.lossy
-            row |= {_DICOM_KEYS.get(name, name): value for name, value in header.columns.items()}
-            row["width"], row["height"] = header.width, header.height
+            dicom = open_dicom(data)
+            row["mode"], row["lossy"] = dicom.header.photometric, dicom.header.lossy
+            row["width"], row["height"] = dicom.header.width, dicom.header.height
+            if key is not None:
+                columns = header_columns(dicom.dataset, key)
+                row |= {_DICOM_KEYS.get(name, name): value for name, value in columns.items()}
             if DICOM_FORMAT not in config.formats:
                 return row | _dropped(DICOM_FORMAT, config)
-            loaded = load_dicom(data, max_pixels=config.max_pixels)
+            loaded = decode_dicom(dicom, max_pixels=config.max_pixels)
         else:
             with open_image(data, max_pixels=config.max_pixels) as image:
                 row["format"] = image.format
