@@ -321,16 +321,17 @@ def find_image_tables(root: Path, paths: Iterable[str]) -> list[ImageTable]:
     among ``paths``.
 
     A cell names a file when one of its trailing parts (``a/b/c.png``, ``b/c.png``, ``c.png``)
-    is a trailing part of a listed path: tables often write paths from another folder, or bare
-    file names.
+    is a listed path or a listed file's name: tables often write paths from another folder, or
+    bare file names. Two strings per file, so a million files cost two million set entries.
     """
     paths = list(paths)
-    candidates = [path for path in paths if PurePosixPath(path).suffix.lower() == ".csv"]
+    candidates = {path for path in paths if PurePosixPath(path).suffix.lower() == ".csv"}
     if not candidates:
         return []
-    known = {tail for path in paths if path not in candidates for tail in _tails(path)}
+    others = [path for path in paths if path not in candidates]
+    known = set(others) | {PurePosixPath(path).name for path in others}
     tables = []
-    for path in candidates:
+    for path in sorted(candidates):
         try:
             if (root / path).stat().st_size > MAX_TABLE_BYTES:
                 continue

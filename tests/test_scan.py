@@ -409,3 +409,11 @@ def test_the_open_border_is_the_share_of_the_most_open_side_that_the_picture_rea
     assert frame.loc["a/half.png", "open_border"] > 0.9  # the most open side, not the mean
     assert frame.loc["a/turned.png", "open_border"] < 0.1
     assert frame.loc["a/deep.png", "open_border"] == 0.0  # in grey levels of 255, at any depth
+
+
+def test_a_table_naming_files_by_their_bare_names_is_found_too(tmp_path):
+    """FracAtlas' dataset.csv names IMG0000019.jpg; the file is images/Fractured/IMG0000019.jpg."""
+    write_noise_images(tmp_path, ["images/Fractured/IMG1.png", "images/Fractured/IMG2.png"])
+    (tmp_path / "dataset.csv").write_text("image_id,fractured\nIMG1.png,1\nIMG2.png,0\n")
+    with pytest.raises(LayoutError, match=r"one class, and dataset\.csv names 2 of the files"):
+        scan_dataset(tmp_path, workers=1)
