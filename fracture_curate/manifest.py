@@ -174,16 +174,16 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
 
 
 def written_before(directory: str | Path, stage: str) -> str | None:
-    """When the manifest of ``stage`` in ``directory`` was written ("2026-11-30T18:02:11+00:00"),
-    "an unreadable file" for one that cannot be read, or None when there is none: read before a
-    stage runs, to say afterwards what it replaced."""
+    """The manifest of ``stage`` in ``directory`` as a stage that replaces it names it ("written
+    2026-11-30T18:02:11+00:00", "written at an unknown time", "that could not be read"), or None
+    when there is none: read before a stage runs, to say afterwards what it replaced."""
     path = manifest_path(directory, stage)
     if not path.exists():
         return None
     try:
-        return str(read_provenance(path).get("created", "an unknown time"))
+        return f"written {read_provenance(path).get('created', 'at an unknown time')}"
     except ManifestError:
-        return "an unreadable file"
+        return "that could not be read"
 
 
 def replaced_lines(directory: str | Path, stage: str, before: str | None) -> list[tuple[str, bool]]:
@@ -193,7 +193,7 @@ def replaced_lines(directory: str | Path, stage: str, before: str | None) -> lis
     manifest ``before``."""
     if before is None:
         return []
-    lines = [(f"replaced the {manifest_path(directory, stage).name} written {before}", False)]
+    lines = [(f"replaced the {manifest_path(directory, stage).name} {before}", False)]
     later = [s for s in STAGES[STAGES.index(stage) + 1 :] if manifest_path(directory, s).exists()]
     if later:
         names = ", ".join(manifest_path(directory, s).name for s in later)

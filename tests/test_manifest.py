@@ -352,7 +352,7 @@ def test_a_stage_written_again_says_what_it_replaced_and_what_is_now_stale(tmp_p
     write_stage(scan, tmp_path, "scan", params={}, inputs={})
     created = read_provenance(manifest_path(tmp_path, "scan"))["created"]
     before = written_before(tmp_path, "scan")
-    assert before == created
+    assert before == f"written {created}"
     assert replaced_lines(tmp_path, "scan", before) == [
         (f"replaced the scan.parquet written {created}", False)
     ]
@@ -371,7 +371,11 @@ def test_a_stage_written_again_says_what_it_replaced_and_what_is_now_stale(tmp_p
         True,
     )
     manifest_path(tmp_path, "split").write_bytes(b"not parquet")
-    assert written_before(tmp_path, "split") == "an unreadable file"
+    assert written_before(tmp_path, "split") == "that could not be read"
+    assert replaced_lines(tmp_path, "split", "that could not be read")[0] == (
+        "replaced the split.parquet that could not be read",
+        False,
+    )
     table = pa.table({"x": [1]}).replace_schema_metadata({METADATA_KEY: json.dumps({})})
     pq.write_table(table, manifest_path(tmp_path, "outliers"))  # provenance without a date
-    assert written_before(tmp_path, "outliers") == "an unknown time"
+    assert written_before(tmp_path, "outliers") == "written at an unknown time"
