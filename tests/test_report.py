@@ -469,3 +469,10 @@ def test_layout_warnings_and_a_split_without_a_label_are_shown(tmp_path):
     split = section(text, "split")
     assert "label missing</span>" in split
     assert html.escape("holds no 'positive' image: the label has 2 independent group(s)") in split
+    # the command line says the same, and what its second run replaced
+    run_outliers(manifests)  # split.parquet is now older than the outliers it was made from
+    again = CliRunner().invoke(app, ["split", "--manifests", str(manifests)])
+    assert again.exit_code == 0, again.output
+    output = " ".join(again.output.split())  # rich wraps long lines
+    assert "warning: " in output and "holds no 'positive' image" in output
+    assert "replaced the split.parquet written 20" in output
