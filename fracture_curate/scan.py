@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -370,7 +370,10 @@ _SOURCE_WORDS = {
 
 
 def read_patients(
-    frame: pd.DataFrame, config: ScanConfig, layout: str, from_headers: set[str] = frozenset()
+    frame: pd.DataFrame,
+    config: ScanConfig,
+    layout: str,
+    from_headers: Collection[str] = frozenset(),
 ) -> tuple[pd.DataFrame, tuple[PatientSource, ...], int | None]:
     """Set ``patient_id`` and ``study_id`` from the best source each file has.
 
