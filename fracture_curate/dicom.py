@@ -2,9 +2,10 @@
 brought to the grayscale a PNG radiograph gives.
 
 The pixel pipeline, in the order DICOM prescribes (PS3.4 N.2): the stored values, then the
-modality LUT (rescale slope and intercept, or a modality LUT sequence), then the VOI LUT (a VOI LUT
-sequence, or the window centre and width; the first preset when the file holds several), then
-MONOCHROME1 inverted so that bone is bright; the result is scaled to the full 16 bits. Colour
+modality LUT (rescale slope and intercept, or a modality LUT sequence), then the VOI transform
+that the :class:`Window` chooses (by default the file's first preset: its first VOI LUT, or else
+its first window centre and width), then MONOCHROME1 inverted so that bone is bright; the result
+is scaled to the full 16 bits. Colour
 files (RGB, YBR) come out as 8-bit RGB, as a colour PNG does. A multi-frame file gives its first
 frame; ``LoadedImage.n_frames`` records how many it holds.
 
@@ -25,10 +26,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from fracture_curate.errors import ConfigError
 from fracture_curate.image_types import ImageLoadError, LoadedImage
 from fracture_curate.pseudonyms import pseudonym
 
@@ -54,6 +56,56 @@ LOSSY_SYNTAXES = frozenset(
 )
 #: Pixel Data, Float Pixel Data and Double Float Pixel Data.
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which VOI transform turns a DICOM file's modality values into grey levels.
+
+    ``preset``: the file's Nth preset (``number``, from 1): the Nth item of its VOI LUT sequence
+    or, without one, its Nth window centre and width; a file with fewer presets uses its first,
+    and one with none its whole range. ``percentile``: a linear window from the ``low`` to the
+    ``high`` percentile of the frame's values. ``full``: the frame's whole range. Written as
+    ``preset:2``, ``percentile:1,99`` or ``full`` (:meth:`parse`, ``str``).
+    """
+
+    kind: Literal["preset", "percentile", "full"] = "preset"
+    number: int = 1
+    low: float = 0.0
+    high: float = 100.0
+
+    def __str__(self) -> str:
+        if self.kind == "preset":
+            return f"preset:{self.number}"
+        if self.kind == "percentile":
+            return f"percentile:{self.low:g},{self.high:g}"
+        return "full"
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """A window from its text; a ConfigError whose message says what is accepted."""
+        kind, _, value = text.strip().lower().partition(":")
+        try:
+            if kind == "preset":
+                number = int(value)
+                if number >= 1:
+                    return cls("preset", number=number)
+            elif kind == "percentile":
+                low, high = (float(part) for part in value.split(","))
+                if 0 <= low < high <= 100:
+                    return cls("percentile", low=low, high=high)
+            elif kind == "full" and not value:
+                return cls("full")
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"--window {text!r} is not a window: use preset:N (a file's Nth VOI preset, from "
+            "1), percentile:LOW,HIGH (0 <= LOW < HIGH <= 100) or full"
+        )
+
+
+#: The VOI transform the DICOM standard's viewers apply by default: the first preset.
+DEFAULT_WINDOW = Window()
 
 
 @dataclass(frozen=True)
@@ -122,12 +174,14 @@ def header_columns(dataset: Any, key: bytes) -> dict[str, Any]:
     }
 
 
-def load_dicom(data: bytes, *, max_pixels: int) -> LoadedImage:
+def load_dicom(data: bytes, *, max_pixels: int, window: Window = DEFAULT_WINDOW) -> LoadedImage:
     """Decode a DICOM file's first frame through the pixel pipeline of the module docstring."""
-    return decode_dicom(open_dicom(data), max_pixels=max_pixels)
+    return decode_dicom(open_dicom(data), max_pixels=max_pixels, window=window)
 
 
-def decode_dicom(file: DicomFile, *, max_pixels: int) -> LoadedImage:
+def decode_dicom(
+    file: DicomFile, *, max_pixels: int, window: Window = DEFAULT_WINDOW
+) -> LoadedImage:
     """Decode an opened DICOM file's first frame (see :func:`load_dicom`)."""
     dataset, header = file.dataset, file.header
     if header.width * header.height > max_pixels:
@@ -150,44 +204,76 @@ def decode_dicom(file: DicomFile, *, max_pixels: int) -> LoadedImage:
             status, f"cannot decode DICOM {header.transfer_syntax} ({type(error).__name__})"
         ) from error
     if stored.ndim == 3:  # colour: pydicom gives RGB (YBR converted)
-        pixels = np.ascontiguousarray(_to_uint8(stored))
+        pixels, applied = np.ascontiguousarray(_to_uint8(stored)), None
     else:
-        pixels = grayscale(stored, dataset)
+        pixels, applied = grayscale(stored, dataset, window)
     return LoadedImage(
-        pixels=pixels, format=DICOM_FORMAT, mode=header.photometric, n_frames=header.n_frames
+        pixels=pixels,
+        format=DICOM_FORMAT,
+        mode=header.photometric,
+        n_frames=header.n_frames,
+        window=applied,
     )
 
 
-def grayscale(stored: np.ndarray, dataset: Any) -> np.ndarray:
-    """A monochrome frame through the modality LUT, the first VOI LUT or window, and
-    MONOCHROME1 inversion, scaled to uint16 (bone bright)."""
+def grayscale(
+    stored: np.ndarray, dataset: Any, window: Window = DEFAULT_WINDOW
+) -> tuple[np.ndarray, str]:
+    """A monochrome frame through the modality LUT, the VOI transform ``window`` chooses and
+    MONOCHROME1 inversion, scaled to uint16 (bone bright); and that transform in words
+    ("window 1 of 2", "VOI LUT 2 of 2", "percentile 1-99", "full range (no preset)")."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     modality = apply_modality_lut(stored, dataset)
-    if "VOILUTSequence" in dataset:  # a LUT is indexed by whole modality values
-        with _quiet():
-            looked_up = apply_voi_lut(np.rint(modality).astype(np.int64), dataset, index=0)
-        values = np.asarray(looked_up, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
+    values = np.asarray(modality, dtype=np.float64)
+    luts = len(dataset.get("VOILUTSequence") or [])
+    windows = _windows(dataset)
+    presets = luts or len(windows)
+    if window.kind == "percentile":
+        low, high = np.percentile(values, [window.low, window.high])
+        applied = f"percentile {window.low:g}-{window.high:g}"
+    elif window.kind == "full" or not presets:
+        low, high = values.min(), values.max()
+        applied = "full range" if window.kind == "full" else "full range (no preset)"
     else:
-        values = np.asarray(modality, dtype=np.float64)
-        low, high = _voi_range(values, dataset)
+        index = window.number - 1 if window.number <= presets else 0
+        kind = "VOI LUT" if luts else "window"
+        applied = f"{kind} {index + 1} of {presets}"
+        if index != window.number - 1:
+            applied += f" (no preset {window.number})"
+        if luts:  # a LUT is indexed by whole modality values
+            with _quiet():
+                looked_up = apply_voi_lut(np.rint(modality).astype(np.int64), dataset, index=index)
+            values = np.asarray(looked_up, dtype=np.float64)
+            low, high = values.min(), values.max()
+        else:
+            low, high = windows[index]
+    low, high = float(low), float(high)
     scaled = (np.clip(values, low, high) - low) / max(high - low, np.finfo(float).eps)
     pixels = np.rint(scaled * FULL_SCALE).astype(np.uint16)
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = FULL_SCALE - pixels
-    return pixels
+    return pixels, applied
 
 
-def _voi_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
-    """The first window's linear range (PS3.3 C.11.2.1.2), or the frame's own range."""
-    centre, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if centre is not None and width is not None:
-        centre = float(centre[0] if _is_multi(centre) else centre)
-        width = float(width[0] if _is_multi(width) else width)
-        if width >= 1:
-            return centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
-    return float(values.min()), float(values.max())
+def _windows(dataset: Any) -> list[tuple[float, float]]:
+    """The linear range of each window centre and width the file holds (PS3.3 C.11.2.1.2);
+    a pair that is no window (unreadable, or narrower than 1) ends the list."""
+    centres, widths = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if centres is None or widths is None:
+        return []
+    centres = list(centres) if _is_multi(centres) else [centres]
+    widths = list(widths) if _is_multi(widths) else [widths]
+    ranges = []
+    for centre, width in zip(centres, widths, strict=False):
+        try:
+            centre, width = float(centre), float(width)
+        except (TypeError, ValueError):
+            break
+        if not (width >= 1 and np.isfinite(centre)):  # NaN fails the first test too
+            break
+        ranges.append((centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2))
+    return ranges
 
 
 def _read(data: bytes) -> Any:

@@ -29,6 +29,7 @@ class LoadedImage:
     format: str  #: the container format Pillow detected from the content, e.g. "JPEG"
     mode: str  #: the file's own Pillow mode before conversion, e.g. "I;16", "P", "CMYK"
     n_frames: int
+    window: str | None = None  #: the VOI transform a DICOM's grey levels went through, in words
 
     @property
     def bit_depth(self) -> int:

@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fracture_curate.dicom import is_dicom, load_dicom
+from fracture_curate.dicom import DEFAULT_WINDOW, Window, is_dicom, load_dicom
 from fracture_curate.image_types import ImageLoadError, LoadedImage
 
 #: Pillow formats whose encoding keeps every pixel (a DICOM says so in its header).
@@ -70,10 +70,12 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
+    window: Window = DEFAULT_WINDOW,
 ) -> LoadedImage:
-    """Open and decode an image (DICOM included) from a file's bytes in one step."""
+    """Open and decode an image (DICOM included) from a file's bytes in one step; ``window``
+    chooses a DICOM's VOI transform (see :class:`fracture_curate.dicom.Window`)."""
     if is_dicom(data):
-        return load_dicom(data, max_pixels=max_pixels)
+        return load_dicom(data, max_pixels=max_pixels, window=window)
     with open_image(data, max_pixels=max_pixels) as image:
         return decode(image, draft_size=draft_size)
 

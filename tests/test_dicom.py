@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from fracture_curate.cli import app
 from fracture_curate.dedupe import DedupeConfig, run_dedupe
-from fracture_curate.dicom import FULL_SCALE, is_dicom
+from fracture_curate.dicom import DEFAULT_WINDOW, FULL_SCALE, Window, grayscale, is_dicom
+from fracture_curate.errors import ConfigError
 from fracture_curate.images import ImageLoadError, load_image
 from fracture_curate.pseudonyms import KEY_FILE, pseudonym
 from fracture_curate.report import build_report
@@ -84,6 +85,73 @@ def test_a_voi_lut_sequence_is_applied_before_the_window():
     assert np.corrcoef(reversed_.ravel(), windowed.ravel())[0, 1] < -0.99
 
 
+def windowed(values: np.ndarray, low: float, high: float, *, inverted: bool) -> np.ndarray:
+    """What a linear window from ``low`` to ``high`` makes of modality ``values``, worked out
+    here independently of the loader."""
+    scaled = np.clip((values.astype(float) - low) / (high - low), 0, 1)
+    pixels = np.rint(scaled * FULL_SCALE)
+    return FULL_SCALE - pixels if inverted else pixels
+
+
+def test_window_chooses_a_preset_a_percentile_range_or_the_whole_range():
+    dataset = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))  # MONOCHROME1, no rescale
+    dataset.WindowCenter, dataset.WindowWidth = [550, 300], [1024, 201]
+    dataset = pydicom.dcmread(io.BytesIO(saved(dataset)))
+    values = dataset.pixel_array
+
+    def decoded(text: str) -> tuple[np.ndarray, str]:
+        return grayscale(values, dataset, Window.parse(text))
+
+    first, applied = decoded("preset:1")
+    assert applied == "window 1 of 2"
+    # centre 550, width 1024: from 549.5 - 511.5 to 549.5 + 511.5 (PS3.3 C.11.2.1.2)
+    assert np.array_equal(first, windowed(values, 38, 1061, inverted=True))
+    assert np.array_equal(load_image(saved(dataset)).pixels, first)  # the default
+    second, applied = decoded("preset:2")
+    assert applied == "window 2 of 2"
+    assert np.array_equal(second, windowed(values, 199.5, 399.5, inverted=True))
+    missing, applied = decoded("preset:3")
+    assert applied == "window 1 of 2 (no preset 3)" and np.array_equal(missing, first)
+    low, high = np.percentile(values, [1, 99])
+    ranged, applied = decoded("percentile:1,99")
+    assert applied == "percentile 1-99"
+    assert np.array_equal(ranged, windowed(values, low, high, inverted=True))
+    whole, applied = decoded("full")
+    assert applied == "full range"
+    assert np.array_equal(whole, windowed(values, values.min(), values.max(), inverted=True))
+    del dataset.WindowCenter, dataset.WindowWidth
+    bare, applied = grayscale(values, dataset, DEFAULT_WINDOW)
+    assert applied == "full range (no preset)" and np.array_equal(bare, whole)
+
+
+def test_window_picks_among_voi_lut_sequence_items():
+    dataset = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    ramps = []
+    for ramp in (np.linspace(65535, 0, 1024), np.linspace(0, 65535, 1024)):
+        lut = Dataset()
+        lut.LUTDescriptor = [1024, 0, 16]
+        lut.LUTData = ramp.astype(np.uint16).tobytes()
+        ramps.append(lut)
+    dataset.VOILUTSequence = Sequence(ramps)
+    falling = load_image(saved(dataset))
+    rising = load_image(saved(dataset), window=Window.parse("preset:2"))
+    assert (falling.window, rising.window) == ("VOI LUT 1 of 2", "VOI LUT 2 of 2")
+    assert np.corrcoef(falling.pixels.ravel(), rising.pixels.ravel())[0, 1] < -0.99
+
+
+@pytest.mark.parametrize("text", ["preset:1", "preset:12", "percentile:0.5,99.5", "full"])
+def test_a_window_reads_back_from_its_own_text(text):
+    assert str(Window.parse(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["", "preset", "preset:0", "preset:x", "percentile:99,1", "percentile:5", "full:1"]
+)
+def test_a_window_that_is_not_one_is_refused_with_the_forms_accepted(text):
+    with pytest.raises(ConfigError, match=r"use preset:N .*percentile:LOW,HIGH .* or full$"):
+        Window.parse(text)
+
+
 @pytest.mark.parametrize(
     ("make", "status", "reason"),
     [
@@ -146,6 +214,59 @@ def test_a_folder_of_dicom_encodings_scans_and_dedupes_as_copies(tmp_path):
     assert not cluster.loc["ankle/RG3_J2KI", "is_kept"]  # a lossless encoding is kept
 
 
+def test_every_stage_decodes_a_dicom_with_the_window_the_scan_chose(tmp_path):
+    from fracture_curate.embed import EmbedConfig, embed_manifest
+    from fracture_curate.manifest import manifest_path, read_provenance
+    from fracture_curate.outliers import run_outliers
+    from fracture_curate.report.inputs import Thumbnails
+    from fracture_curate.scan import ScanConfig, run_scan
+    from fracture_curate.split import run_split
+    from fracture_curate.synthetic import generate_dataset
+    from fracture_train.rows import load_training_rows
+
+    data = tmp_path / "data"
+    generate_dataset(data, layout="class", n_per_class=10, image_size=64, plant=False, seed=1)
+    shutil.copy(get_testdata_file("RG3_UNCR.dcm"), data / "fractured" / "ankle.dcm")
+    embeddings, thumbnails = {}, {}
+    for text, applied in (("preset:1", "window 1 of 1"), ("full", "full range")):
+        manifests = tmp_path / text.replace(":", "-")
+        scan = run_scan(data, manifests, ScanConfig(window=Window.parse(text)), workers=1).frame
+        ankle = scan.set_index("path").loc["fractured/ankle.dcm"]
+        assert ankle["window"] == applied
+        assert scan.loc[scan["format"] != "DICOM", "window"].isna().all()
+        embed = embed_manifest(manifests, EmbedConfig(weights="random", image_size=32), workers=0)
+        embeddings[text] = dict(zip(embed.frame["image_id"], embed.frame["embedding"], strict=True))
+        run_dedupe(manifests)
+        run_outliers(manifests)
+        run_split(manifests)
+        for stage in ("scan", "embed", "dedupe", "outliers", "split"):
+            assert read_provenance(manifest_path(manifests, stage))["params"]["window"] == text
+        assert load_training_rows(manifests / "split.parquet").window == Window.parse(text)
+        thumbnail = Thumbnails(data, 64, Window.parse(text))
+        thumbnails[text] = thumbnail(ankle.to_dict() | {"path": "fractured/ankle.dcm"})
+    dicom_id = ankle["image_id"]
+    preset, full = embeddings["preset:1"][dicom_id], embeddings["full"][dicom_id]
+    assert np.abs(preset - full).max() > 0.01 * np.abs(preset).max()
+    others = [image_id for image_id in embeddings["full"] if image_id != dicom_id]
+    assert all(np.array_equal(embeddings["full"][i], embeddings["preset:1"][i]) for i in others)
+    assert thumbnails["preset:1"] != thumbnails["full"]
+    # the same folder scanned again with another window: no embedding of the old one is reused
+    run_scan(data, manifests, ScanConfig(window=Window.parse("percentile:1,99")), workers=1)
+    again = embed_manifest(manifests, EmbedConfig(weights="random", image_size=32), workers=0)
+    assert again.reused == 0 and again.embedded == len(embed.frame)
+
+
+def test_scan_refuses_a_window_it_cannot_read_in_one_line(tmp_path):
+    write_noise_images(tmp_path / "data", ["a.png"])
+    out = tmp_path / "manifests"
+    result = CliRunner().invoke(
+        app, ["scan", str(tmp_path / "data"), "--out", str(out), "--window", "p1-99"]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--window 'p1-99' is not a window: use preset:N" in result.output
+    assert not out.exists()
+
+
 def readable(path: Path) -> bytes:
     """A file's bytes, a Parquet table's cells and metadata decompressed (its pages may be)."""
     if path.suffix != ".parquet":
@@ -180,7 +301,10 @@ def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path)
         shutil.copy(get_testdata_file(name), data / "fractured" / name)
     for name in ("RG1_UNCR.dcm", "RG1_J2KI.dcm"):
         shutil.copy(get_testdata_file(name), data / "not fractured" / name)
-    run_scan(data, manifests, workers=1)
+    from fracture_curate.scan import ScanConfig
+
+    window = Window.parse("percentile:1,99")  # another window than the default, all the way
+    run_scan(data, manifests, ScanConfig(window=window), workers=1)
     embed_manifest(manifests, EmbedConfig(weights="random", image_size=64), workers=0)
     run_dedupe(manifests)
     run_outliers(manifests)
@@ -206,6 +330,9 @@ def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path)
         log=logged.append,
     )
     assert result.metrics["test"]["n"] > 0
+    from fracture_train.checkpoint import read_run_config
+
+    assert read_run_config(tmp_path / "run").preprocessing.window == str(window)
     evaluated = evaluate_run(tmp_path / "run", manifests / "split.parquet", workers=0)
     used = split["split"].notna().sum()
     assert evaluated.metrics["all"]["n"] == used  # DICOM rows and PNG rows alike
