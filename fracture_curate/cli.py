@@ -10,6 +10,7 @@ import typer
 
 from fracture_curate import __version__
 from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
+from fracture_curate.dicom import DEFAULT_WINDOW
 from fracture_curate.display import (
     ProgressBars,
     clean_errors,
@@ -150,6 +151,15 @@ def scan(
             dir_okay=False,
         ),
     ] = None,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="How a grayscale DICOM's values become grey levels, here and in every later "
+            "stage: preset:N (its Nth VOI LUT, else its Nth window centre/width; its first when "
+            "it has fewer), percentile:LOW,HIGH (a window between two percentiles of the "
+            "image's values, e.g. percentile:1,99) or full (its whole range).",
+        ),
+    ] = str(DEFAULT_WINDOW),
 ) -> None:
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
     with clean_errors():
@@ -160,6 +170,7 @@ def scan(
             max_pixels=max_pixels,
             patient_pattern=patient_pattern,
             auto_patients=auto_patients,
+            window=window,
         )
         before = written_before(out, "scan")
         with make_progress("files") as progress:

@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from fracture_curate.images import ImageLoadError
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
+from fracture_curate.images import ImageLoadError, LoadedImage, load_image
 
 RESCAN = "run `curate scan` again"
 
@@ -116,12 +117,14 @@ def printable_path(relative: str) -> str:
 
 @dataclass(frozen=True)
 class ScannedFile:
-    """A file of the dataset as the scan recorded it: where it is, its size and SHA-256."""
+    """A file of the dataset as the scan recorded it: where it is, its size and SHA-256, and
+    the window the scan decoded it with when it is a DICOM."""
 
     root: Path
     path: str  #: relative to ``root``, as in the manifests
     image_id: str
     size: int
+    window: Window = DEFAULT_WINDOW
 
     def read(self) -> bytes:
         """The file's bytes, if they are still the ones scanned; else an ImageLoadError whose
@@ -132,6 +135,11 @@ class ScannedFile:
             raise ImageLoadError("changed", f"the file changed since the scan; {RESCAN}")
         return data
 
+    def load(self, draft_size: tuple[int, int] | None = None) -> LoadedImage:
+        """The file decoded as the scan decoded it (see :func:`load_image`); an ImageLoadError
+        when it cannot be read or decoded."""
+        return load_image(self.read(), draft_size=draft_size, window=self.window)
+
     def check_size(self) -> None:
         """The quick check, no byte read: the file is there, inside the root, of the scan's
         size; else the ImageLoadError :meth:`read` would raise."""
@@ -141,10 +149,13 @@ class ScannedFile:
             raise ImageLoadError("changed", f"the file changed since the scan; {RESCAN}")
 
 
-def scanned_files(frame: pd.DataFrame, root: Path) -> list[ScannedFile]:
-    """The files of a manifest's rows (columns ``path``, ``image_id``, ``bytes``)."""
+def scanned_files(
+    frame: pd.DataFrame, root: Path, window: Window = DEFAULT_WINDOW
+) -> list[ScannedFile]:
+    """The files of a manifest's rows (columns ``path``, ``image_id``, ``bytes``), to be decoded
+    with ``window`` (the manifest's :func:`~fracture_curate.manifest.recorded_window`)."""
     return [
-        ScannedFile(Path(root), path, image_id, int(size))
+        ScannedFile(Path(root), path, image_id, int(size), window)
         for path, image_id, size in zip(
             frame["path"], frame["image_id"], frame["bytes"], strict=True
         )

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.geometry import (
     COPY_INLIERS,
     COPY_SHARE,
@@ -28,7 +29,13 @@ from fracture_curate.geometry import (
     verify_pairs,
 )
 from fracture_curate.graph import chain_pairs, connected_groups
-from fracture_curate.manifest import dataset_root, folder_lock, read_stage, write_stage
+from fracture_curate.manifest import (
+    dataset_root,
+    folder_lock,
+    read_stage,
+    recorded_window,
+    write_stage,
+)
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 from fracture_curate.progress import ProgressCallback
@@ -131,12 +138,14 @@ def find_pairs(
     config: DedupeConfig,
     *,
     root: Path | None = None,
+    window: Window = DEFAULT_WINDOW,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[Pairs, RelatedPairs]:
     """Every matched pair among the rows of ``scan`` (positions), layer by layer, and the pairs
     of related images the geometry layer found.
 
-    The geometry layer needs the images, so it runs only when ``root`` is given.
+    The geometry layer needs the images (a DICOM decoded with ``window``), so it runs only when
+    ``root`` is given.
     """
     parts = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
 
@@ -165,7 +174,7 @@ def find_pairs(
     i, j, _ = nearest_neighbours(
         unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
     )
-    evidence = verify_pairs(scanned_files(files, root), i, j, on_progress=on_progress)
+    evidence = verify_pairs(scanned_files(files, root, window), i, j, on_progress=on_progress)
     copies = evidence.copies(config.geometry_threshold, config.copy_share)
     similarity = np.einsum("ij,ij->i", unit[i[copies]], unit[j[copies]])
     parts.append(_layer_pairs(positions, i[copies], j[copies], "geometry", similarity))
@@ -266,18 +275,22 @@ def deduplicate(
     config: DedupeConfig = DedupeConfig(),
     *,
     root: str | Path | None = None,
+    window: Window = DEFAULT_WINDOW,
     on_progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """The scan table plus the dedupe columns (see ``manifests/README.md``).
 
-    ``root`` is the dataset folder; without it the geometry layer is skipped.
+    ``root`` is the dataset folder, ``window`` the one its DICOM files were scanned with;
+    without ``root`` the geometry layer is skipped.
     """
     result = empty_columns(scan, DEDUPE_COLUMNS)
     ok = scan[scan["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         return result
     root = Path(root) if root else None
-    pairs, related = find_pairs(ok, embeddings, config, root=root, on_progress=on_progress)
+    pairs, related = find_pairs(
+        ok, embeddings, config, root=root, window=window, on_progress=on_progress
+    )
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)
@@ -416,7 +429,10 @@ def run_dedupe(
             embeddings, inputs["embed"] = read_stage(directory, "embed")
             scan = mark_problems(scan, inputs["embed"]["details"].get("failed", {}))
         scan = recheck(scan, root)
-        frame = deduplicate(scan, embeddings, config, root=root, on_progress=on_progress)
+        window = recorded_window(provenance)
+        frame = deduplicate(
+            scan, embeddings, config, root=root, window=window, on_progress=on_progress
+        )
         params = asdict(config) | {"root": str(root)}
         write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
     return frame

@@ -26,6 +26,7 @@ from fracture_curate.manifest import (
     manifest_path,
     read_manifest,
     read_provenance,
+    recorded_window,
     write_manifest,
 )
 from fracture_curate.model_input import RESIZE_MODES, Failure, ImageFiles
@@ -38,8 +39,9 @@ from fracture_curate.weights import IMAGENET, weights_sha256
 MODEL = "torchvision.mobilenet_v2"
 #: Embedding width of each layer that can be read.
 LAYERS = {"pool": 1280, "logits": 1000}
-#: The parameters that decide an embedding's value; where the weights were found does not.
-IDENTITY_KEYS = ("model", "layer", "image_size", "resize", "weights_sha256", "dim")
+#: The parameters that decide an embedding's value (the window: of a DICOM's pixels); where the
+#: weights were found does not.
+IDENTITY_KEYS = ("model", "layer", "image_size", "resize", "weights_sha256", "dim", "window")
 PARTS_FOLDER = ".embeddings.parts"
 
 
@@ -117,7 +119,8 @@ def embed_manifest(
         scan_provenance = read_provenance(scan_file)
         kept = scan[scan["status"] == "ok"].drop_duplicates("image_id")
 
-        identity = config.identity()
+        window = recorded_window(scan_provenance)
+        identity = config.identity() | {"window": str(window)}
         out_file = manifest_path(directory, "embed")
         parts = PartStore(directory / PARTS_FOLDER)
         done, previous = _reusable(out_file, parts, identity)
@@ -131,7 +134,7 @@ def embed_manifest(
             params = identity | {"weights_source": source}
         else:
             params, failed, used = _embed_into_parts(
-                scanned_files(todo, dataset_root(scan_provenance, root)),
+                scanned_files(todo, dataset_root(scan_provenance, root), window),
                 parts,
                 config,
                 identity,

@@ -36,7 +36,7 @@ import scipy.sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from fracture_curate.dataset_files import ScannedFile
-from fracture_curate.images import ImageLoadError, load_image, to_rgb8
+from fracture_curate.images import ImageLoadError, to_rgb8
 from fracture_curate.progress import Phase, ProgressCallback
 
 WORK_SIDE = 384  #: long side, in pixels, of the grayscale image that keypoints are found in
@@ -105,7 +105,7 @@ def file_features(file: ScannedFile) -> Features:
     """SIFT keypoints of a scanned file; none for a file that cannot be decoded or is no longer
     the one scanned."""
     try:
-        loaded = load_image(file.read(), draft_size=(WORK_SIDE, WORK_SIDE))
+        loaded = file.load(draft_size=(WORK_SIDE, WORK_SIDE))
     except ImageLoadError:
         return Features.empty()
     return image_features(loaded.pixels)

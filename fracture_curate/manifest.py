@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fracture_curate import __version__
-from fracture_curate.errors import CurateError
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
+from fracture_curate.errors import ConfigError, CurateError
 from fracture_curate.schema import (
     EMBEDDING_COLUMNS,
     STAGE_COLUMNS,
@@ -34,6 +35,9 @@ from fracture_curate.schema import (
 )
 
 METADATA_KEY = b"fracture_curate"
+#: The scan's parameters that every later stage's manifest records too: where the dataset's
+#: files are, and the window a DICOM among them is decoded with.
+CARRIED_PARAMS = ("root", "window")
 LOCK_FILE = ".lock"
 
 
@@ -153,9 +157,12 @@ def write_stage(
     inputs: dict[str, dict[str, Any]],
 ) -> Path:
     """Write a stage's manifest into ``directory``, recording its inputs and carrying the
-    dataset root forward from them (``params["root"]`` overrides it)."""
-    roots = (recorded_root(given) for given in inputs.values())
-    params = {"root": next((str(root) for root in roots if root), None)} | params
+    scan's :data:`CARRIED_PARAMS` forward from them (``params`` overrides them)."""
+    carried = {}
+    for name in CARRIED_PARAMS:
+        values = (given.get("params", {}).get(name) for given in inputs.values())
+        carried[name] = next((value for value in values if value), None)
+    params = carried | params
     path = manifest_path(directory, stage)
     return write_manifest(frame, path, stage=stage, params=params, inputs=inputs)
 
@@ -269,6 +276,19 @@ def recorded_root(provenance: dict[str, Any]) -> Path | None:
     """The dataset folder a manifest records (the scan's root, carried forward by each stage)."""
     root = provenance.get("params", {}).get("root")
     return Path(root) if root else None
+
+
+def recorded_window(provenance: dict[str, Any]) -> Window:
+    """The window the scan decoded DICOM files with, carried forward by each stage; the default
+    for a manifest that records none (written before there was a choice)."""
+    text = provenance.get("params", {}).get("window")
+    try:
+        return Window.parse(text) if text else DEFAULT_WINDOW
+    except ConfigError as error:
+        raise ManifestError(
+            f"the manifest records a window this version cannot read ({text!r}); "
+            "run `curate scan` again"
+        ) from error
 
 
 def dataset_root(provenance: dict[str, Any], override: str | Path | None = None) -> Path:

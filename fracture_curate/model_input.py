@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fracture_curate.dataset_files import ScannedFile
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.images import ImageLoadError, load_image, to_rgb8, to_uint8
 
 #: Of RGB in [0, 1], as torchvision's and timm's ImageNet models expect.
@@ -35,18 +36,22 @@ class Preprocessing:
     resize: str = "stretch"  #: the whole image resized to a square, nothing cut off
     mean: tuple[float, float, float] = IMAGENET_MEAN  #: of RGB in [0, 1]
     std: tuple[float, float, float] = IMAGENET_STD
+    window: str = str(DEFAULT_WINDOW)  #: how a DICOM's values became grey levels (``Window``)
 
 
-def preprocess(data: bytes, image_size: int, resize: str) -> np.ndarray:
-    """Decode a file's bytes through the shared loader and resize them to ``image_size``: an
-    H x W x 3 uint8 array.
+def preprocess(
+    data: bytes, image_size: int, resize: str, window: Window = DEFAULT_WINDOW
+) -> np.ndarray:
+    """Decode a file's bytes through the shared loader (a DICOM with ``window``) and resize them
+    to ``image_size``: an H x W x 3 uint8 array.
 
     ``stretch`` resizes the whole image (nothing is cut off a radiograph); ``crop`` resizes the
     short side to ``image_size * 256 / 224`` and centre-crops, as ImageNet evaluation does.
     """
     side = image_size if resize == "stretch" else round(image_size * 256 / 224)
     # Resize in the image's own channels (one for a radiograph), then make three.
-    image = Image.fromarray(to_uint8(load_image(data, draft_size=(side, side)).pixels))
+    loaded = load_image(data, draft_size=(side, side), window=window)
+    image = Image.fromarray(to_uint8(loaded.pixels))
     if resize == "stretch":
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     else:
@@ -75,8 +80,8 @@ class ImageFiles:
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, Failure | None]:
         try:
-            data = self.files[index].read()
-            return index, preprocess(data, self.image_size, self.resize), None
+            file = self.files[index]
+            return index, preprocess(file.read(), self.image_size, self.resize, file.window), None
         except ImageLoadError as error:
             return index, None, (error.status, error.reason)
 

@@ -22,7 +22,15 @@ from fracture_curate.dataset_files import (
     printable_path,
     resolve_inside,
 )
-from fracture_curate.dicom import DICOM_FORMAT, decode_dicom, header_columns, is_dicom, open_dicom
+from fracture_curate.dicom import (
+    DEFAULT_WINDOW,
+    DICOM_FORMAT,
+    Window,
+    decode_dicom,
+    header_columns,
+    is_dicom,
+    open_dicom,
+)
 from fracture_curate.errors import ConfigError
 from fracture_curate.images import (
     DEFAULT_MAX_PIXELS,
@@ -71,6 +79,9 @@ class ScanConfig:
     patient_pattern: str | None = None
     #: Recognise the public naming schemes of ``layouts.PATIENT_SCHEMES`` in file names.
     auto_patients: bool = True
+    #: The VOI transform DICOM files are decoded with, by this stage and every later one (a
+    #: Window, or its text: "preset:2", "percentile:1,99", "full").
+    window: Window | str = DEFAULT_WINDOW
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "layout": Options(LAYOUTS),
@@ -82,6 +93,8 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(f.strip().upper() for f in self.formats))
+        if isinstance(self.window, str):  # as the command line and a manifest write it
+            object.__setattr__(self, "window", Window.parse(self.window))
         check_params(self, self.CONSTRAINTS)
         if not self.formats or not all(self.formats):
             raise ConfigError(f"--formats must name at least one format; got {self.formats!r}")
@@ -165,7 +178,7 @@ def inspect_file(
                 row |= {_DICOM_KEYS.get(name, name): value for name, value in columns.items()}
             if DICOM_FORMAT not in config.formats:
                 return row | _dropped(DICOM_FORMAT, config)
-            loaded = decode_dicom(dicom, max_pixels=config.max_pixels)
+            loaded = decode_dicom(dicom, max_pixels=config.max_pixels, window=config.window)
         else:
             with open_image(data, max_pixels=config.max_pixels) as image:
                 row["format"] = image.format
@@ -220,6 +233,7 @@ def image_stats(image: LoadedImage) -> dict[str, Any]:
         "mode": image.mode,
         "bit_depth": image.bit_depth,
         "n_frames": image.n_frames,
+        "window": image.window,
         "colour_count": colour_count,
         "is_grayscale": image.is_grayscale,
         "colourfulness": colourfulness,
@@ -463,6 +477,7 @@ def run_scan(
             keep_key(directory, key)
         params = asdict(config) | {
             "root": str(Path(root).resolve()),
+            "window": str(config.window),
             "layout": result.layout,
             "layout_warnings": list(result.layout_warnings),
             "patient_sources": {source.name: source.images for source in result.patient_sources},

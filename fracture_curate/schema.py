@@ -82,6 +82,7 @@ SCAN_COLUMNS: dict[str, str] = {
     "lossy": "boolean",  # its encoding lost information: JPEG, WEBP, a lossy DICOM syntax
     "bit_depth": "Int64",
     "n_frames": "Int64",
+    "window": "string",  # a DICOM's VOI transform: "window 1 of 2", "percentile 1-99", ...
     "colour_count": "Int64",
     "is_grayscale": "boolean",
     "colourfulness": "Float64",  # Hasler-Suesstrunk, fraction of 255: 0 gray, ~0.13+ colourful

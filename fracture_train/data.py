@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from fracture_curate.dataset_files import ScannedFile
+from fracture_curate.dicom import DEFAULT_WINDOW
 from fracture_curate.images import ImageLoadError
 from fracture_curate.manifest import atomic_path
 from fracture_curate.model_input import Failure, ImageFiles, collate, preprocess
@@ -33,7 +34,8 @@ class ImageStore:
     """Decoded, resized H x W x 3 uint8 images of a table's rows, by row position.
 
     ``cache`` "none" decodes on every access; "memory" decodes every image once into one array;
-    "disk" keeps one ``.npy`` per image under ``cache_dir/<size>px/<image_id>.npy``.
+    "disk" keeps one ``.npy`` per image under ``cache_dir/<size>px/<image_id>.npy`` (a folder
+    ``<size>px-<window>`` for DICOM files decoded with another window than the default).
     """
 
     def __init__(
@@ -52,7 +54,9 @@ class ImageStore:
         unique = list(dict.fromkeys(image_ids))
         slots = {image_id: position for position, image_id in enumerate(unique)}
         self.slot = np.array([slots[image_id] for image_id in image_ids], dtype=np.int64)
-        self.folder = Path(cache_dir) / f"{image_size}px" if cache == "disk" else None
+        window = files[0].window if files else DEFAULT_WINDOW
+        named = f"{image_size}px" + ("" if window == DEFAULT_WINDOW else f"-{window}")
+        self.folder = Path(cache_dir) / named.replace(":", "-") if cache == "disk" else None
         self.array: np.ndarray | None = None
         if cache == "memory":
             needed = len(unique) * image_size * image_size * 3
@@ -120,7 +124,7 @@ class ImageStore:
             return np.load(self._disk_path(position))
         file = self.files[position]
         try:
-            return preprocess(file.read(), self.image_size, "stretch")
+            return preprocess(file.read(), self.image_size, "stretch", file.window)
         except ImageLoadError as error:
             raise DataError(f"{file.path}: {error.reason}") from error
 

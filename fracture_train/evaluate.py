@@ -15,6 +15,7 @@ import pandas as pd
 from torch import nn
 
 from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.dicom import Window
 from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
 from fracture_curate.progress import Phase, ProgressCallback
@@ -176,7 +177,8 @@ def evaluate_run(
     """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
 
     Writes the evaluation to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
-    metrics are at 0.5 and at the threshold the run chose on its own validation set. ``model``
+    metrics are at 0.5 and at the threshold the run chose on its own validation set. DICOM files
+    are decoded with the window the model was trained with. ``model``
     names the ``package.module:factory`` a run was trained with, when it was one: a run folder
     never imports code on its own.
     """
@@ -190,11 +192,12 @@ def evaluate_run(
         manifest, config.class_names, config.positive_class, root=root, split=split
     )
     name = split or "all"
+    window = Window.parse(config.preprocessing.window)
     out = Path(out) if out is not None else run_dir / "evaluations" / f"{rows.root.name}-{name}"
     torch_device = resolve_device(device)
     with folder_lock(out, "evaluation folder"):
         store = ImageStore(
-            scanned_files(rows.frame, rows.root),
+            scanned_files(rows.frame, rows.root, window),  # as the model was trained
             config.preprocessing.image_size,
             cache,
             out / "cache",
@@ -222,6 +225,7 @@ def evaluate_run(
             "model": config.model,
             "manifest": shown_path(manifest, show_paths),
             "root": shown_path(rows.root, show_paths),
+            "window": str(window),
             "label_map": rows.label_map,
         }
         metrics = write_evaluation(

@@ -15,8 +15,14 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.classes import FINDING, NORMAL, class_reading, positive_class
+from fracture_curate.dicom import Window
 from fracture_curate.errors import CurateError
-from fracture_curate.manifest import dataset_root, read_manifest, read_provenance
+from fracture_curate.manifest import (
+    dataset_root,
+    read_manifest,
+    read_provenance,
+    recorded_window,
+)
 from fracture_curate.schema import SPLITS
 
 #: The columns of a split manifest that training reads.
@@ -33,6 +39,7 @@ class Rows:
 
     frame: pd.DataFrame
     root: Path
+    window: Window  #: the one the manifest's scan decoded DICOM files with
     class_names: list[str]
     positive_class: str | None  #: the fracture class of a binary task; None for several classes
     label_map: dict[str, str] = field(default_factory=dict)  #: manifest label -> model class
@@ -66,7 +73,7 @@ def load_training_rows(manifest: str | Path, root: str | Path | None = None) -> 
     Needs train, val and test rows, every class in train, both classes in val for a binary
     task (the threshold and AUROC are chosen there), and every image file present.
     """
-    frame, root = _read_usable(manifest, root)
+    frame, root, window = _read_usable(manifest, root)
     counts = frame.groupby(["split", "label"]).size()
     for split in SPLITS:
         if split not in counts.index.get_level_values("split"):
@@ -88,7 +95,7 @@ def load_training_rows(manifest: str | Path, root: str | Path | None = None) -> 
             "needs both classes in val to choose the checkpoint and the threshold"
         )
     _check_files(frame, root)
-    return _rows(frame, root, class_names, positive, {})
+    return _rows(frame, root, window, class_names, positive, {})
 
 
 def load_evaluation_rows(
@@ -105,7 +112,7 @@ def load_evaluation_rows(
     and one normal (``positive``/``negative``, ``abnormal``/``normal``) are mapped onto its
     classes, so a model trained on one dataset can be evaluated on another.
     """
-    frame, root = _read_usable(manifest, root)
+    frame, root, window = _read_usable(manifest, root)
     if split is not None:
         frame = frame[frame["split"] == split]
         if frame.empty:
@@ -123,11 +130,14 @@ def load_evaluation_rows(
         frame = frame.assign(label=frame["label"].map(label_map))
     _check_files(frame, root)
     mapped = {key: value for key, value in label_map.items() if key != value}
-    return _rows(frame, root, class_names, positive_class, mapped)
+    return _rows(frame, root, window, class_names, positive_class, mapped)
 
 
-def _read_usable(manifest: str | Path, root: str | Path | None) -> tuple[pd.DataFrame, Path]:
-    """The rows with a split, checked for columns, status, labels; and the dataset folder."""
+def _read_usable(
+    manifest: str | Path, root: str | Path | None
+) -> tuple[pd.DataFrame, Path, Window]:
+    """The rows with a split, checked for columns, status, labels; the dataset folder, and the
+    window its DICOM files were scanned with."""
     frame = read_manifest(manifest, stage="split", columns=list(REQUIRED_COLUMNS))
     frame = frame[frame["split"].notna()].reset_index(drop=True)
     if frame.empty:
@@ -148,9 +158,10 @@ def _read_usable(manifest: str | Path, root: str | Path | None) -> tuple[pd.Data
             f"{int(frame['label'].isna().sum())} row(s) of {manifest} with a split have no "
             f"label, e.g. {first['path']}"
         )
-    root = dataset_root(read_provenance(manifest), root)
+    provenance = read_provenance(manifest)
+    root = dataset_root(provenance, root)
     columns = ["image_id", "path", "bytes", "label", "split"]
-    return frame[columns].astype({"label": str, "split": str}), root
+    return frame[columns].astype({"label": str, "split": str}), root, recorded_window(provenance)
 
 
 def _check_files(frame: pd.DataFrame, root: Path) -> None:
@@ -180,10 +191,11 @@ def _binary_label_map(
 def _rows(
     frame: pd.DataFrame,
     root: Path,
+    window: Window,
     class_names: list[str],
     positive: str | None,
     label_map: dict[str, str],
 ) -> Rows:
     index = {name: i for i, name in enumerate(class_names)}
     frame = frame.reset_index(drop=True).assign(target=frame["label"].map(index).to_numpy())
-    return Rows(frame, root, class_names, positive, label_map)
+    return Rows(frame, root, window, class_names, positive, label_map)

@@ -106,7 +106,7 @@ def train_run(
     outputs = num_outputs(len(rows.class_names))
     built = build_model(config.model, outputs, pretrained=config.pretrained, weights=config.weights)
     frozen = freeze(built.model, config.freeze)
-    preprocessing = Preprocessing(config.image_size)
+    preprocessing = Preprocessing(config.image_size, window=str(rows.window))
     run_config = RunConfig(
         model=config.model,
         num_outputs=outputs,
@@ -123,7 +123,7 @@ def train_run(
     with folder_lock(out, "run folder"):
         check_run_folder(out, config.resume)  # again: another run may have started meanwhile
         store = ImageStore(
-            scanned_files(rows.frame, rows.root),
+            scanned_files(rows.frame, rows.root, rows.window),
             config.image_size,
             config.cache,
             config.cache_dir or out / "cache",

@@ -53,7 +53,7 @@ def build_report(
     the run, the manifests) appear by their last part only, unless ``show_paths``.
     """
     inputs = read_inputs(Path(manifests), show_paths=show_paths)
-    thumbnails = Thumbnails(inputs.root, THUMB_SIZE)
+    thumbnails = Thumbnails(inputs.root, THUMB_SIZE, inputs.window)
     bodies = {
         "summary": curation.summary_section(inputs, Path(manifests)),
         "dropped": curation.dropped_section(inputs),

@@ -11,8 +11,15 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from fracture_curate.dataset_files import ScannedFile, shown_path
-from fracture_curate.images import ImageLoadError, load_image, to_rgb8
-from fracture_curate.manifest import ManifestError, check_manifest, manifest_path, recorded_root
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
+from fracture_curate.images import ImageLoadError, to_rgb8
+from fracture_curate.manifest import (
+    ManifestError,
+    check_manifest,
+    manifest_path,
+    recorded_root,
+    recorded_window,
+)
 from fracture_curate.report.html import data_uri, note
 from fracture_curate.schema import STAGES, TABLE_STAGES
 
@@ -27,6 +34,7 @@ class ReportInputs:
     provenance: dict[str, dict[str, Any]]  #: stage -> provenance, for the manifests read
     problems: dict[str, str]  #: stage -> why its manifest was not read
     root: Path | None
+    window: Window = DEFAULT_WINDOW  #: the one the scan decoded DICOM files with
 
     def has(self, stage: str) -> bool:
         """Whether ``frame`` carries the columns of ``stage`` (a row-table stage): whether the
@@ -68,6 +76,7 @@ def read_inputs(manifests: Path, *, show_paths: bool = False) -> ReportInputs:
         provenance=provenance,
         problems=problems,
         root=recorded_root(provenance["scan"]),
+        window=recorded_window(provenance["scan"]),
     )
 
 
@@ -75,8 +84,8 @@ class Thumbnails:
     """Thumbnails of dataset files as JPEG data URIs, each made once; a placeholder when a file
     can no longer be read or is no longer the one scanned (nothing else is ever shown)."""
 
-    def __init__(self, root: Path | None, size: int) -> None:
-        self.root, self.size = root, size
+    def __init__(self, root: Path | None, size: int, window: Window = DEFAULT_WINDOW) -> None:
+        self.root, self.size, self.window = root, size, window
         self.cache: dict[str, str] = {}
         self.failed: set[str] = set()
         self._placeholder: str | None = None
@@ -90,9 +99,9 @@ class Thumbnails:
     def _make(self, row: dict[str, Any]) -> str:
         if self.root is None:
             return self.placeholder(row["path"])
-        file = ScannedFile(self.root, row["path"], row["image_id"], int(row["bytes"]))
+        file = ScannedFile(self.root, row["path"], row["image_id"], int(row["bytes"]), self.window)
         try:
-            loaded = load_image(file.read(), draft_size=(self.size, self.size))
+            loaded = file.load(draft_size=(self.size, self.size))
         except ImageLoadError:
             return self.placeholder(row["path"])
         image = Image.fromarray(to_rgb8(loaded.pixels))
