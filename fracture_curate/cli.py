@@ -485,6 +485,13 @@ def split(
         bool,
         typer.Option(help="Keep the source's own split where it had one, and report its leakage."),
     ] = SplitConfig.keep_source_splits,
+    keep_duplicates: Annotated[
+        bool,
+        typer.Option(
+            help="Let every copy of a duplicate cluster take part (to measure what leakage does; "
+            "with --keep-source-splits: the source's split as it stands). Not for real training."
+        ),
+    ] = SplitConfig.keep_duplicates,
     root: RootOption = None,
 ) -> None:
     """Assign train/val/test into MANIFESTS/split.parquet, stratified and leakage-free.
@@ -502,6 +509,7 @@ def split(
             seed=seed,
             drop_outliers=drop_outliers,
             keep_source_splits=keep_source_splits,
+            keep_duplicates=keep_duplicates,
         )
         before = written_before(manifests, "split")
         frame = run_split(manifests, config, root=root)
@@ -512,7 +520,7 @@ def split(
     if not excluded.empty:
         console.print(frame_table(excluded.rename_axis("excluded").to_frame("rows"), "Excluded"))
     straddling = straddling_groups(frame)
-    if keep_source_splits or not straddling.empty:
+    if keep_source_splits or keep_duplicates or not straddling.empty:
         console.print(
             emphasised(
                 "groups (duplicate cluster or patient) spanning two splits: ", len(straddling)

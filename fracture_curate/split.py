@@ -41,6 +41,9 @@ class SplitConfig:
     seed: int = 0
     drop_outliers: bool = False
     keep_source_splits: bool = False
+    #: Every copy of a duplicate cluster takes part (only to measure what leakage does: with
+    #: ``keep_source_splits``, the source's own split as it stands).
+    keep_duplicates: bool = False
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "train": Interval(0, 1, closed="neither"),
@@ -49,6 +52,7 @@ class SplitConfig:
         "seed": Interval(0, 2**32 - 1, integer=True),
         "drop_outliers": _FLAG,
         "keep_source_splits": _FLAG,
+        "keep_duplicates": _FLAG,
     }
 
     def __post_init__(self) -> None:
@@ -61,10 +65,12 @@ class SplitConfig:
             )
 
 
-def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
+def exclusions(
+    frame: pd.DataFrame, drop_outliers: bool, keep_duplicates: bool = False
+) -> pd.DataFrame:
     """Why each row is left out of the split: ``excluded_reason``, one of
     :data:`~fracture_curate.schema.EXCLUSION_KINDS`, and ``excluded_detail``; both null for rows
-    that take part. The first kind that applies wins."""
+    that take part. The first kind that applies wins; ``keep_duplicates`` leaves copies in."""
     reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
     details = pd.Series(pd.NA, index=frame.index, dtype="string")
 
@@ -75,7 +81,8 @@ def exclusions(frame: pd.DataFrame, drop_outliers: bool) -> pd.DataFrame:
     mark(frame["status"] != "ok", frame["status"], frame["reason"])
     mark(frame["label"].isna(), "no_label", "the layout or labels CSV gives this file no label")
     mark(frame["label_conflict"], "label_conflict", _conflict_details(frame))
-    mark(~frame["is_kept"], "duplicate", "copy of " + _kept_paths(frame))
+    if not keep_duplicates:
+        mark(~frame["is_kept"], "duplicate", "copy of " + _kept_paths(frame))
     if drop_outliers:
         reasons_given = frame["outlier_reason"].fillna("curate outliers")  # a flag set by hand
         mark(frame["is_outlier"], "outlier", "flagged by " + reasons_given)
@@ -218,7 +225,7 @@ def missing_label_lines(frame: pd.DataFrame) -> list[str]:
 def make_split(frame: pd.DataFrame, config: SplitConfig = SplitConfig()) -> pd.DataFrame:
     """The outliers table plus ``group_id``, ``split`` and ``excluded_reason``."""
     result = empty_columns(frame, SPLIT_COLUMNS)
-    excluded = exclusions(frame, config.drop_outliers)
+    excluded = exclusions(frame, config.drop_outliers, config.keep_duplicates)
     result[excluded.columns] = excluded
     eligible = result[result["excluded_reason"].isna()]
     if eligible.empty:

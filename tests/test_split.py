@@ -187,6 +187,24 @@ def test_keeping_the_source_splits_keeps_them_and_reports_their_leakage():
     assert result.loc[~known, "split"].nunique() > 1
 
 
+def test_keeping_duplicates_lets_the_source_split_leak_copies_as_it_stands():
+    frame = curated_table(
+        ["a", "b"] * 10,
+        source_split=["train", "val", "test", "train", "val"] * 4,
+        cluster_id=[0, 1, 0, *range(3, 20)],  # rows 0 (train) and 2 (test): one picture
+        cluster_size=[2, 1, 2, *[1] * 17],
+        is_kept=[True, True, False, *[True] * 17],
+    )
+    curated = make_split(frame, SplitConfig(keep_source_splits=True))
+    assert curated.loc[2, "excluded_reason"] == "duplicate" and pd.isna(curated.loc[2, "split"])
+    leaky = make_split(frame, SplitConfig(keep_source_splits=True, keep_duplicates=True))
+    assert leaky["excluded_reason"].isna().all()
+    assert leaky.loc[[0, 2], "split"].tolist() == ["train", "test"]
+    assert straddling_groups(leaky).iloc[0]["splits"] == "test, train"
+    regrouped = make_split(frame, SplitConfig(keep_duplicates=True))
+    assert regrouped.loc[0, "split"] == regrouped.loc[2, "split"]  # copies still grouped
+
+
 def test_the_split_summary_counts_each_label_in_each_split():
     result = make_split(curated_table(["a"] * 20 + ["b"] * 40), SplitConfig())
     summary = split_summary(result)
