@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fracture_curate.dataset_files import ScannedFile, scanned_files
+from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.manifest import (
     ManifestError,
     dataset_root,
@@ -63,13 +64,15 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         check_params(self, self.CONSTRAINTS)
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, window: Window = DEFAULT_WINDOW) -> dict[str, Any]:
         """The parameters an embedding made with this config records, but where the weights
-        were found: which weights these are is known without loading them."""
+        were found: which weights these are is known without loading them. ``window`` is the
+        scan's, which decides what a DICOM's pixels are."""
         return asdict(self) | {
             "model": MODEL,
             "weights_sha256": weights_sha256(self.weights),
             "dim": LAYERS[self.layer],
+            "window": str(window),
         }
 
 
@@ -120,7 +123,7 @@ def embed_manifest(
         kept = scan[scan["status"] == "ok"].drop_duplicates("image_id")
 
         window = recorded_window(scan_provenance)
-        identity = config.identity() | {"window": str(window)}
+        identity = config.identity(window)
         out_file = manifest_path(directory, "embed")
         parts = PartStore(directory / PARTS_FOLDER)
         done, previous = _reusable(out_file, parts, identity)

@@ -10,6 +10,7 @@ import typer
 
 from fracture_curate.cli import app as curate
 from fracture_curate.dedupe import DedupeConfig
+from fracture_curate.dicom import Window
 from fracture_curate.display import clean_errors
 from fracture_curate.embed import EmbedConfig
 from fracture_curate.errors import ConfigError, CurateError
@@ -89,7 +90,9 @@ def test_the_command_lines_take_their_defaults_from_the_configs():
             field = fields.get(option.name, option.name)
             if hasattr(config, field):
                 value = getattr(config, field)
-                assert option.default == (",".join(value) if isinstance(value, tuple) else value)
+                if isinstance(value, tuple):
+                    value = ",".join(value)
+                assert option.default == (str(value) if isinstance(value, Window) else value)
                 compared += 1
     config = train_config()
     given = {"manifest", "out", "workers"}  # required, or -1 standing for "automatic"
