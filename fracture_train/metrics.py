@@ -19,18 +19,17 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-DEFAULT_THRESHOLD = 0.5
+from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
+from fracture_train.intervals import (
+    CONFIDENCE,
+    bootstrap_metrics,
+    percentile_interval,
+    wilson_interval,
+)
+
 ECE_BINS = 15
-
-
-def predict_labels(
-    probs: np.ndarray, positive: int | None = None, threshold: float = DEFAULT_THRESHOLD
-) -> np.ndarray:
-    """Class indices: ``positive`` where its probability >= ``threshold`` (binary), else argmax."""
-    if positive is None:
-        return probs.argmax(axis=1)
-    negative = 1 - positive
-    return np.where(probs[:, positive] >= threshold, positive, negative)
+#: The bootstrap's seed: fixed, so that an evaluation's intervals are the same every time.
+BOOTSTRAP_SEED = 0
 
 
 def expected_calibration_error(
@@ -103,13 +102,17 @@ def classification_metrics(
     positive: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     extra_threshold: float | None = None,
+    groups: np.ndarray | None = None,
+    resamples: int = 0,
 ) -> dict[str, Any]:
     """Every metric of an evaluation (of at least one sample), JSON-ready.
 
     ``targets`` are class indices and ``probs`` an N x K matrix of class probabilities in the
     order of ``class_names``. ``positive`` names the positive class index of a binary task;
     ``extra_threshold`` (binary only) adds sensitivity and specificity at a second threshold,
-    e.g. one chosen on the validation set.
+    e.g. one chosen on the validation set. With ``resamples`` and ``groups`` (the independent
+    unit of each sample: its patient), ``intervals`` holds 95% intervals
+    (:func:`metric_intervals`).
     """
     labels = list(range(len(class_names)))
     predicted = predict_labels(probs, positive, threshold)
@@ -150,7 +153,90 @@ def classification_metrics(
         metrics["at_threshold"] = rates_at(binary, probs[:, positive], threshold)
         if extra_threshold is not None:
             metrics["at_val_threshold"] = rates_at(binary, probs[:, positive], extra_threshold)
+    if resamples and groups is not None:
+        thresholds = {"at_threshold": threshold}
+        if positive is not None and extra_threshold is not None:
+            thresholds["at_val_threshold"] = extra_threshold
+        metrics["intervals"] = metric_intervals(
+            targets,
+            probs,
+            groups,
+            class_names,
+            positive=positive,
+            thresholds=thresholds,
+            resamples=resamples,
+        )
     return metrics
+
+
+def metric_intervals(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    class_names: list[str],
+    *,
+    positive: int | None,
+    thresholds: dict[str, float],
+    resamples: int,
+) -> dict[str, Any]:
+    """95% intervals of the figures of :func:`classification_metrics`, as ``[low, high]``.
+
+    A bootstrap resamples whole ``groups`` (patients: their images are not independent), with
+    a fixed seed. Proportions (accuracy, sensitivity, specificity, precision, recall) get Wilson
+    intervals instead when every group holds one image, the case Wilson's interval is exact for
+    and a percentile bootstrap is poor at (23 of 23 correct is not certainty). ``thresholds``
+    names the binary decision thresholds: ``{"at_threshold": 0.5, ...}``.
+    """
+    groups = np.asarray(groups)
+    independent = len(np.unique(groups)) == len(groups)
+    keys = list(thresholds) if positive is not None else []
+    spread = bootstrap_metrics(
+        targets,
+        probs,
+        groups,
+        positive=positive,
+        thresholds=[thresholds[key] for key in keys],
+        n_resamples=resamples,
+        seed=BOOTSTRAP_SEED,
+    )
+
+    def bounds(key: str, successes: int | None = None, total: int | None = None) -> list[float]:
+        if independent and successes is not None:
+            return list(wilson_interval(successes, total))
+        return list(percentile_interval(spread[key]))
+
+    predicted = predict_labels(probs, positive, DEFAULT_THRESHOLD)
+    matrix = confusion_matrix(targets, predicted, labels=list(range(len(class_names))))
+    found: dict[str, Any] = {
+        "method": {
+            "confidence": CONFIDENCE,
+            "resamples": resamples,
+            "seed": BOOTSTRAP_SEED,
+            "units": len(np.unique(groups)),
+            "proportions": "wilson" if independent else "bootstrap",
+        },
+        "accuracy": bounds("accuracy", int(np.trace(matrix)), len(targets)),
+        "balanced_accuracy": bounds("balanced_accuracy"),
+        "auroc": bounds("auroc"),
+        "cohen_kappa": bounds("cohen_kappa"),
+        "per_class": {},
+    }
+    for index, name in enumerate(class_names):
+        tp = int(matrix[index, index])
+        fn, fp = int(matrix[index].sum()) - tp, int(matrix[:, index].sum()) - tp
+        tn = len(targets) - tp - fn - fp
+        found["per_class"][name] = {
+            "precision": bounds(f"precision/{index}", tp, tp + fp),
+            "recall": bounds(f"recall/{index}", tp, tp + fn),
+            "specificity": bounds(f"specificity/{index}", tn, tn + fp),
+        }
+    for number, key in enumerate(keys):
+        rates = rates_at(targets == positive, probs[:, positive], thresholds[key])
+        found[key] = {
+            "sensitivity": bounds(f"sensitivity@{number}", rates["tp"], rates["tp"] + rates["fn"]),
+            "specificity": bounds(f"specificity@{number}", rates["tn"], rates["tn"] + rates["fp"]),
+        }
+    return found
 
 
 def _binary_auroc(actual: np.ndarray, scores: np.ndarray) -> float:

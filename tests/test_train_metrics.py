@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
+from fracture_train.decisions import predict_labels
 from fracture_train.metrics import (
     auroc,
     classification_metrics,
     expected_calibration_error,
-    predict_labels,
     rates_at,
     threshold_for_sensitivity,
 )
