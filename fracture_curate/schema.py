@@ -159,6 +159,8 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "path": "string",
     "split": "string",
     "label": "string",
+    "group_id": "Int64",  # the split's independent group: the unit a bootstrap resamples
+    "study_id": "string",  # the images of one exam, scored together per study
     "predicted_label": "string",  # at the decision threshold (0.5 for a binary task)
     "predicted_label_val_threshold": "string",  # at the threshold chosen on val (binary only)
 }

@@ -49,6 +49,22 @@ Cache = Annotated[
         "reused by later runs) or 'none' (decode every epoch)."
     ),
 ]
+Bootstrap = Annotated[
+    int,
+    typer.Option(
+        help="Resamples of the bootstrap behind the metrics' 95% intervals: whole patients (split "
+        "groups) are resampled, with a fixed seed; 0 turns the intervals off.",
+        min=0,
+    ),
+]
+StudyAggregate = Annotated[
+    str,
+    typer.Option(
+        help="Where rows have study ids (MURA, a CSV, DICOM), studies are scored too: a "
+        "study's probabilities are its images' 'mean' or those of its most suspicious image "
+        "('max')."
+    ),
+]
 Root = Annotated[
     Path | None,
     typer.Option(help="Dataset folder, when it moved since the manifest was written."),
@@ -173,6 +189,8 @@ def train(
             "so a shared file leaks no folders)."
         ),
     ] = TrainConfig.show_paths,
+    bootstrap: Bootstrap = TrainConfig.bootstrap,
+    study_aggregate: StudyAggregate = TrainConfig.study_aggregate,
 ) -> None:
     """Train on the train rows of MANIFEST, select on val, report on test.
 
@@ -226,6 +244,8 @@ def train(
             seed=seed,
             resume=resume,
             show_paths=show_paths,
+            bootstrap=bootstrap,
+            study_aggregate=study_aggregate,
         )
         try:
             with make_progress("img") as progress:
@@ -286,11 +306,14 @@ def evaluate(
     show_paths: Annotated[
         bool, typer.Option(help="Write whole paths into metrics.json (by default last parts).")
     ] = False,
+    bootstrap: Bootstrap = TrainConfig.bootstrap,
+    study_aggregate: StudyAggregate = TrainConfig.study_aggregate,
 ) -> None:
     """Evaluate a trained run on another curated set (cross-dataset), as training evaluates."""
-    from fracture_train.evaluate import evaluate_run
+    from fracture_train.evaluate import Uncertainty, evaluate_run
 
     with clean_errors(), make_progress("img") as progress:
+        uncertainty = Uncertainty(bootstrap, study_aggregate)
         result = evaluate_run(
             checkpoint,
             manifest,
@@ -304,6 +327,7 @@ def evaluate(
             cache=cache,
             model=model,
             show_paths=show_paths,
+            uncertainty=uncertainty,
             on_progress=ProgressBars(progress),
         )
     if result.metrics["label_map"]:
@@ -314,10 +338,13 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
-    from fracture_train.display import absent_class_lines, metrics_tables
+    from fracture_train.display import absent_class_lines, interval_note, metrics_tables
 
     for split in splits:
         for table in metrics_tables(metrics, split):
             console.print(table)
+        note = interval_note(metrics[split])
+        if note:
+            console.print(note, highlight=False)
         for line in absent_class_lines(metrics, split):
             console.print(warning(line))

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.runtime import check_device_name
+from fracture_train.intervals import DEFAULT_RESAMPLES
 
 #: Values of the options with a fixed set of choices.
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -16,6 +17,8 @@ BALANCE = ("none", "weights", "sampler")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "auroc")
 CACHE_MODES = ("memory", "disk", "none")
+#: How a study's probabilities are made from its images' (``evaluate.per_study``).
+STUDY_AGGREGATES = ("mean", "max")
 #: Options that may change when a run is resumed; every other option must stay the same.
 RESUMABLE = (
     "manifest",
@@ -32,6 +35,8 @@ RESUMABLE = (
     "cache_dir",
     "resume",
     "show_paths",
+    "bootstrap",
+    "study_aggregate",
 )
 _FLAG = Options((True, False))
 
@@ -73,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     show_paths: bool = False  #: whole paths in metrics.json (by default only their last part)
+    bootstrap: int = DEFAULT_RESAMPLES  #: resamples of the metrics' 95% intervals (0: none)
+    study_aggregate: str = "mean"  #: a study's probability from its images': "mean" or "max"
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "pretrained": _FLAG,
@@ -100,6 +107,8 @@ class TrainConfig:
         "seed": Interval(0, integer=True),
         "resume": _FLAG,
         "show_paths": _FLAG,
+        "bootstrap": Interval(0, integer=True),
+        "study_aggregate": Options(STUDY_AGGREGATES),
     }
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from fracture_curate.dataset_files import scanned_files, shown_path
 from fracture_curate.dicom import Window
 from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
+from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, resolve_device, torch_threads
 from fracture_curate.schema import (
@@ -29,6 +30,7 @@ from fracture_curate.schema import (
     probability_column,
 )
 from fracture_train.checkpoint import BEST, CHECKPOINTS, load_model, write_json
+from fracture_train.config import STUDY_AGGREGATES
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -36,10 +38,13 @@ from fracture_train.data import (
     loader_workers,
     make_loader,
 )
+from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
 from fracture_train.engine import Placement, predict
-from fracture_train.metrics import DEFAULT_THRESHOLD, classification_metrics, predict_labels
+from fracture_train.intervals import DEFAULT_RESAMPLES
+from fracture_train.metrics import classification_metrics
 from fracture_train.plots import plot_confusion, plot_roc
 from fracture_train.rows import Rows, load_evaluation_rows
+from fracture_train.samples import plot_samples, select_samples
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,32 @@ class SplitPredictions:
     probs: np.ndarray  #: N x K, in class order
     targets: np.ndarray
     loss: float
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """How an evaluation states what its figures are worth."""
+
+    bootstrap: int = DEFAULT_RESAMPLES  #: resamples of the 95% intervals (0: none)
+    study_aggregate: str = "mean"  #: how a study's image probabilities make its own (per_study)
+
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "bootstrap": Interval(0, integer=True),
+        "study_aggregate": Options(STUDY_AGGREGATES),
+    }
+
+    def __post_init__(self) -> None:
+        check_params(self, self.CONSTRAINTS)
+
+
+@dataclass(frozen=True)
+class Studies:
+    """Predictions per study: one row per study, in order of first appearance."""
+
+    probs: np.ndarray  #: S x K
+    targets: np.ndarray
+    groups: np.ndarray  #: each study's independent group (its patient's)
+    images: int  #: the images they hold
 
 
 @dataclass(frozen=True)
@@ -96,9 +127,12 @@ def write_evaluation(
     val_threshold: float | None,
     header: dict[str, Any],
     provenance: dict[str, Any],
+    store: ImageStore,
+    uncertainty: Uncertainty = Uncertainty(),
 ) -> dict[str, Any]:
-    """Metrics per split, the predictions, confusion and ROC figures, written to ``out``;
-    returns the metrics."""
+    """Metrics per split (with intervals, and per study where the rows have study ids), the
+    predictions, confusion and ROC figures, and for every split but val its sample predictions
+    (listed in the metrics, drawn from ``store``), written to ``out``; returns the metrics."""
     positive = rows.positive_index
     metrics = header | {
         "classes": rows.class_names,
@@ -107,13 +141,39 @@ def write_evaluation(
         "val_threshold": val_threshold,
     }
     for result in results:
+        frame = rows.frame.iloc[result.positions]
         metrics[result.name] = classification_metrics(
             result.targets,
             result.probs,
             rows.class_names,
             positive=positive,
             extra_threshold=val_threshold,
+            groups=independent_units(frame),
+            resamples=uncertainty.bootstrap,
         ) | {"loss": result.loss}
+        studies = per_study(frame, result.probs, positive, uncertainty.study_aggregate)
+        if studies is not None:
+            metrics[result.name]["per_study"] = classification_metrics(
+                studies.targets,
+                studies.probs,
+                rows.class_names,
+                positive=positive,
+                extra_threshold=val_threshold,
+                groups=studies.groups,
+                resamples=uncertainty.bootstrap,
+            ) | {"images": studies.images, "aggregate": uncertainty.study_aggregate}
+    samples = {
+        result.name: select_samples(
+            rows.frame.iloc[result.positions],
+            result.probs,
+            predict_labels(result.probs, positive),
+            rows.class_names,
+        )
+        for result in results
+        if result.name != "val"
+    }
+    for name, chosen in samples.items():
+        metrics[name]["samples"] = chosen.drop(columns="position").to_dict("records")
     # The numbers first: a figure that cannot be drawn must not cost them.
     write_manifest(
         pd.concat([_predictions(rows, r, val_threshold) for r in results], ignore_index=True),
@@ -141,12 +201,66 @@ def write_evaluation(
             f"ROC ({result.name})",
             thresholds if positive is not None else None,
         )
+    for result in results:
+        if result.name in samples:
+            chosen = samples[result.name]
+            plot_samples(
+                chosen,
+                [store[result.positions[position]] for position in chosen["position"]],
+                rows.class_names,
+                out / f"samples_{result.name}.png",
+                f"Most confident correct and wrong predictions ({result.name})",
+            )
     return metrics
+
+
+def independent_units(frame: pd.DataFrame) -> np.ndarray:
+    """The unit a bootstrap resamples for each row: its split group (a patient, with the copies
+    and related films joined to it), or the image itself where the manifest gives none."""
+    groups = frame["group_id"].astype("string")
+    return ("group " + groups).fillna("image " + frame["image_id"].astype(str)).to_numpy(str)
+
+
+def per_study(
+    frame: pd.DataFrame, probs: np.ndarray, positive: int | None, aggregate: str
+) -> Studies | None:
+    """Image predictions made study predictions, as MURA is scored: a study's probabilities are
+    its images' mean (``aggregate`` "mean") or those of its most suspicious image ("max": the
+    highest positive-class probability; for several classes, the highest top probability). A
+    study is positive when any of its images is (binary), else of its most frequent label. Rows
+    without a study id are studies of one image; None when no row has one."""
+    if frame["study_id"].isna().all():
+        return None
+    keys = ("study " + frame["study_id"].astype("string")).fillna(
+        "image " + frame["image_id"].astype(str)
+    )
+    codes, uniques = pd.factorize(keys.to_numpy(str))
+    n_studies, n_classes = len(uniques), probs.shape[1]
+    targets = frame["target"].to_numpy()
+    if aggregate == "mean":
+        sums = np.zeros((n_studies, n_classes))
+        np.add.at(sums, codes, probs)
+        study_probs = sums / np.bincount(codes, minlength=n_studies)[:, None]
+    else:
+        suspicion = probs[:, positive] if positive is not None else probs.max(axis=1)
+        order = np.lexsort((-suspicion, codes))  # by study, most suspicious first
+        study_probs = probs[order[np.r_[True, np.diff(codes[order]) != 0]]]
+    votes = np.zeros((n_studies, n_classes), dtype=np.int64)
+    np.add.at(votes, (codes, targets), 1)
+    if positive is not None:
+        study_targets = np.where(votes[:, positive] > 0, positive, 1 - positive)
+    else:
+        study_targets = votes.argmax(axis=1)
+    units = independent_units(frame)
+    first_row = np.unique(codes, return_index=True)[1]
+    return Studies(study_probs, study_targets, units[first_row], len(frame))
 
 
 def _predictions(rows: Rows, result: SplitPredictions, val_threshold: float | None) -> pd.DataFrame:
     names = np.asarray(rows.class_names, dtype=object)
-    frame = rows.frame.iloc[result.positions][["image_id", "path", "split", "label"]]
+    frame = rows.frame.iloc[result.positions][
+        ["image_id", "path", "split", "label", "group_id", "study_id"]
+    ]
     frame = frame.reset_index(drop=True)
     frame["predicted_label"] = names[predict_labels(result.probs, rows.positive_index)]
     if rows.positive_index is not None and val_threshold is not None:
@@ -172,6 +286,7 @@ def evaluate_run(
     cache: str = "memory",
     model: str | None = None,
     show_paths: bool = False,
+    uncertainty: Uncertainty = Uncertainty(),
     on_progress: ProgressCallback | None = None,
 ) -> EvaluationResult:
     """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
@@ -180,7 +295,7 @@ def evaluate_run(
     metrics are at 0.5 and at the threshold the run chose on its own validation set. DICOM files
     are decoded with the window the model was trained with. ``model``
     names the ``package.module:factory`` a run was trained with, when it was one: a run folder
-    never imports code on its own.
+    never imports code on its own. ``uncertainty`` sets the intervals and the study scoring.
     """
     if split not in (None, *SPLITS):
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}, or all")
@@ -235,5 +350,7 @@ def evaluate_run(
             val_threshold=config.val_threshold,
             header=header,
             provenance=header,
+            store=store,
+            uncertainty=uncertainty,
         )
     return EvaluationResult(out=out, metrics=metrics)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from fracture_curate.classes import FINDING, NORMAL, class_reading, positive_class
 from fracture_curate.dicom import Window
@@ -27,6 +28,9 @@ from fracture_curate.schema import SPLITS
 
 #: The columns of a split manifest that training reads.
 REQUIRED_COLUMNS = ("image_id", "path", "bytes", "label", "split", "status")
+#: Read where present (a split written by hand may lack them): without ``group_id`` each image
+#: is its own unit of the bootstrap, without ``study_id`` no study is scored.
+OPTIONAL_COLUMNS = {"group_id": "Int64", "study_id": "string"}
 
 
 class DataError(CurateError):
@@ -35,7 +39,9 @@ class DataError(CurateError):
 
 @dataclass(frozen=True)
 class Rows:
-    """The usable rows of a manifest: ``image_id, path, label, split, target`` (class index)."""
+    """The usable rows of a manifest: ``image_id, path, bytes, label, split, group_id,
+    study_id, target`` (class index). ``group_id`` joins the rows that are not independent
+    (one patient, copies, related films): the units a bootstrap resamples."""
 
     frame: pd.DataFrame
     root: Path
@@ -139,6 +145,11 @@ def _read_usable(
     """The rows with a split, checked for columns, status, labels; the dataset folder, and the
     window its DICOM files were scanned with."""
     frame = read_manifest(manifest, stage="split", columns=list(REQUIRED_COLUMNS))
+    stored = pq.read_schema(manifest).names
+    for name, dtype in OPTIONAL_COLUMNS.items():
+        found = name in stored
+        frame[name] = pd.read_parquet(manifest, columns=[name])[name] if found else None
+        frame[name] = frame[name].astype(dtype)
     frame = frame[frame["split"].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"{manifest} has no rows with a split")
@@ -160,7 +171,7 @@ def _read_usable(
         )
     provenance = read_provenance(manifest)
     root = dataset_root(provenance, root)
-    columns = ["image_id", "path", "bytes", "label", "split"]
+    columns = ["image_id", "path", "bytes", "label", "split", "group_id", "study_id"]
     return frame[columns].astype({"label": str, "split": str}), root, recorded_window(provenance)
 
 

@@ -52,7 +52,7 @@ from fracture_train.engine import (
     predict,
     train_epoch,
 )
-from fracture_train.evaluate import predict_splits, write_evaluation
+from fracture_train.evaluate import Uncertainty, predict_splits, write_evaluation
 from fracture_train.metrics import classification_metrics
 from fracture_train.models import build_model, freeze, num_outputs
 from fracture_train.plots import plot_history
@@ -340,6 +340,8 @@ def _evaluate_best(
         val_threshold=threshold,
         header=header,
         provenance={"run": header["run"], "manifest": header["manifest"], "checkpoint": BEST},
+        store=store,
+        uncertainty=Uncertainty(config.bootstrap, config.study_aggregate),
     )
 
 

@@ -54,6 +54,7 @@ RUN_FILES = (
     "confusion_test.png",
     "roc_val.png",
     "roc_test.png",
+    "samples_test.png",
 )
 
 
