@@ -97,7 +97,8 @@ def interval_note(found: dict[str, Any]) -> str | None:
     proportions = (
         "Wilson for proportions (the images are independent), bootstrap for the rest"
         if method["proportions"] == "wilson"
-        else "bootstrap"
+        else "Wilson for proportions on the images over the bootstrap's design effect (the "
+        "images of a patient are not independent), bootstrap for the rest"
     )
     return (
         f"95% intervals: {proportions} ({method['resamples']:,} resamples of "

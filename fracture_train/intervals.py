@@ -23,8 +23,11 @@ DEFAULT_RESAMPLES = 2000
 _BLOCK_BYTES = 256 * 2**20
 
 
-def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a proportion; (nan, nan) when n == 0."""
+def wilson_interval(
+    successes: float, n: float, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (nan, nan) when n == 0. Counts may be effective
+    (fractional) ones: ``n`` divided by a design effect, ``successes`` in proportion."""
     if n == 0:
         return math.nan, math.nan
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -36,6 +39,19 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     low = 0.0 if successes == 0 else centre - half_width
     high = 1.0 if successes == n else centre + half_width
     return float(low), float(high)
+
+
+def design_effect(spread: np.ndarray, successes: float, n: int) -> float:
+    """Kish's design effect of a proportion measured on grouped images: the variance of its
+    cluster-bootstrap ``spread`` over the binomial variance of ``n`` independent images, at
+    least 1. The binomial variance takes Agresti-Coull's adjusted proportion, so that 0 of n
+    and n of n have one."""
+    defined = np.asarray(spread, dtype=np.float64)
+    defined = defined[~np.isnan(defined)]
+    if n == 0 or len(defined) < 2:
+        return 1.0
+    adjusted = (successes + 2) / (n + 4)
+    return max(1.0, float(defined.var(ddof=1)) / (adjusted * (1 - adjusted) / n))
 
 
 def group_weights(

@@ -23,6 +23,7 @@ from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
 from fracture_train.intervals import (
     CONFIDENCE,
     bootstrap_metrics,
+    design_effect,
     percentile_interval,
     wilson_interval,
 )
@@ -182,10 +183,12 @@ def metric_intervals(
     """95% intervals of the figures of :func:`classification_metrics`, as ``[low, high]``.
 
     A bootstrap resamples whole ``groups`` (patients: their images are not independent), with
-    a fixed seed. Proportions (accuracy, sensitivity, specificity, precision, recall) get Wilson
-    intervals instead when every group holds one image, the case Wilson's interval is exact for
-    and a percentile bootstrap is poor at (23 of 23 correct is not certainty). ``thresholds``
-    names the binary decision thresholds: ``{"at_threshold": 0.5, ...}``.
+    a fixed seed, and gives the intervals of AUROC, balanced accuracy and kappa (percentiles).
+    Proportions (accuracy, sensitivity, specificity, precision, recall) get Wilson intervals,
+    which a percentile bootstrap is poor at near 0 and 1 (23 of 23 correct is not certainty):
+    on the images' count when every group holds one image, else on the effective count, the
+    images over the design effect the bootstrap measures (:func:`design_effect`).
+    ``thresholds`` names the binary decision thresholds: ``{"at_threshold": 0.5, ...}``.
     """
     groups = np.asarray(groups)
     independent = len(np.unique(groups)) == len(groups)
@@ -200,41 +203,51 @@ def metric_intervals(
         seed=BOOTSTRAP_SEED,
     )
 
-    def bounds(key: str, successes: int | None = None, total: int | None = None) -> list[float]:
-        if independent and successes is not None:
-            return list(wilson_interval(successes, total))
+    def spread_of(key: str) -> list[float]:
         return list(percentile_interval(spread[key]))
 
+    def proportion(key: str, hits: np.ndarray, members: np.ndarray) -> list[float]:
+        """Wilson's interval of ``hits`` among ``members`` (boolean masks), on the effective
+        count where images are grouped; a design effect the spread cannot show (every
+        resample alike) is taken at its largest: each group of members counted once."""
+        successes, total = int((hits & members).sum()), int(members.sum())
+        effective = float(total)
+        if not independent and total:
+            clusters = len(np.unique(groups[members]))
+            if np.nanstd(spread[key]) > 0:
+                effective = total / design_effect(spread[key], successes, total)
+            else:
+                effective = float(clusters)
+        return list(wilson_interval(successes * effective / max(total, 1), effective))
+
     predicted = predict_labels(probs, positive, DEFAULT_THRESHOLD)
-    matrix = confusion_matrix(targets, predicted, labels=list(range(len(class_names))))
+    everyone = np.ones(len(targets), dtype=bool)
     found: dict[str, Any] = {
         "method": {
             "confidence": CONFIDENCE,
             "resamples": resamples,
             "seed": BOOTSTRAP_SEED,
             "units": len(np.unique(groups)),
-            "proportions": "wilson" if independent else "bootstrap",
+            "proportions": "wilson" if independent else "wilson, design effect",
         },
-        "accuracy": bounds("accuracy", int(np.trace(matrix)), len(targets)),
-        "balanced_accuracy": bounds("balanced_accuracy"),
-        "auroc": bounds("auroc"),
-        "cohen_kappa": bounds("cohen_kappa"),
+        "accuracy": proportion("accuracy", predicted == targets, everyone),
+        "balanced_accuracy": spread_of("balanced_accuracy"),
+        "auroc": spread_of("auroc"),
+        "cohen_kappa": spread_of("cohen_kappa"),
         "per_class": {},
     }
     for index, name in enumerate(class_names):
-        tp = int(matrix[index, index])
-        fn, fp = int(matrix[index].sum()) - tp, int(matrix[:, index].sum()) - tp
-        tn = len(targets) - tp - fn - fp
+        actual, called = targets == index, predicted == index
         found["per_class"][name] = {
-            "precision": bounds(f"precision/{index}", tp, tp + fp),
-            "recall": bounds(f"recall/{index}", tp, tp + fn),
-            "specificity": bounds(f"specificity/{index}", tn, tn + fp),
+            "precision": proportion(f"precision/{index}", actual, called),
+            "recall": proportion(f"recall/{index}", called, actual),
+            "specificity": proportion(f"specificity/{index}", ~called, ~actual),
         }
     for number, key in enumerate(keys):
-        rates = rates_at(targets == positive, probs[:, positive], thresholds[key])
+        actual, called = targets == positive, probs[:, positive] >= thresholds[key]
         found[key] = {
-            "sensitivity": bounds(f"sensitivity@{number}", rates["tp"], rates["tp"] + rates["fn"]),
-            "specificity": bounds(f"specificity@{number}", rates["tn"], rates["tn"] + rates["fp"]),
+            "sensitivity": proportion(f"sensitivity@{number}", called, actual),
+            "specificity": proportion(f"specificity@{number}", ~called, ~actual),
         }
     return found
 

@@ -81,7 +81,14 @@ def noisy_predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return targets, np.stack([1 - positive, positive], axis=1)
 
 
-def test_independent_images_get_wilson_intervals_and_patients_a_wider_bootstrap():
+def patients_alike() -> tuple[np.ndarray, np.ndarray]:
+    """80 images of 8 patients, each patient's 10 images predicted alike: 6 of 8 right."""
+    targets = np.repeat([1, 1, 1, 1, 0, 0, 0, 0], 10)
+    positive = np.repeat([0.9, 0.7, 0.4, 0.8, 0.3, 0.6, 0.2, 0.1], 10)
+    return targets, np.stack([1 - positive, positive], axis=1)
+
+
+def test_independent_images_get_wilson_intervals_and_patients_a_wider_one():
     targets, probs = noisy_predictions(60, seed=1)
     alone = classification_metrics(
         targets, probs, BINARY, positive=1, groups=np.arange(60), resamples=500
@@ -95,20 +102,47 @@ def test_independent_images_get_wilson_intervals_and_patients_a_wider_bootstrap(
     assert intervals["at_threshold"]["sensitivity"] == list(sensitivity)
     low, high = intervals["auroc"]
     assert low < alone["auroc"] < high  # AUROC is bootstrapped either way
-    # the same predictions from 6 patients of 10 images each: the units are the patients
-    patients = classification_metrics(
-        targets, probs, BINARY, positive=1, groups=np.arange(60) // 10, resamples=500
+    assert "intervals" not in classification_metrics(targets, probs, BINARY, positive=1)
+    # 8 patients of 10 images each, every patient's images predicted alike: 8 observations,
+    # not 80
+    targets, probs = patients_alike()
+    as_images, as_patients = (
+        classification_metrics(targets, probs, BINARY, positive=1, groups=groups, resamples=500)[
+            "intervals"
+        ]
+        for groups in (np.arange(80), np.arange(80) // 10)
     )
-    grouped = patients["intervals"]
-    assert grouped["method"] == {
+    assert as_patients["method"] == {
         "confidence": 0.95,
         "resamples": 500,
         "seed": 0,
-        "units": 6,
-        "proportions": "bootstrap",
+        "units": 8,
+        "proportions": "wilson, design effect",
     }
-    assert grouped["accuracy"] != intervals["accuracy"]
-    assert "intervals" not in classification_metrics(targets, probs, BINARY, positive=1)
+    for key in ("accuracy", "auroc"):
+        width = as_patients[key][1] - as_patients[key][0]
+        assert width > 2 * (as_images[key][1] - as_images[key][0]), key
+
+
+def test_the_design_effect_is_the_variance_grouping_adds():
+    from fracture_train.intervals import bootstrap_metrics, design_effect
+
+    targets, probs = patients_alike()
+    spread = bootstrap_metrics(targets, probs, np.arange(80) // 10, positive=1, n_resamples=2000)
+    assert 5 < design_effect(spread["accuracy"], 60, 80) < 15  # about the group size
+    alone = bootstrap_metrics(targets, probs, np.arange(80), positive=1, n_resamples=2000)
+    assert design_effect(alone["accuracy"], 60, 80) < 1.5
+    assert design_effect(np.ones(100), 60, 60) == 1.0  # no spread: no effect
+    # every patient right: the spread cannot show the design effect, each patient counts once
+    right = classification_metrics(
+        targets,
+        np.eye(2)[targets],
+        BINARY,
+        positive=1,
+        groups=np.arange(80) // 10,
+        resamples=300,
+    )["intervals"]
+    assert right["accuracy"] == list(wilson_interval(8, 8))
 
 
 def test_printed_tables_give_each_figure_its_interval_and_the_studies_their_own_table():
@@ -178,3 +212,103 @@ def test_evaluation_scores_studies_and_shows_its_surest_mistakes(tmp_path):
     assert study["images"] == found["n"] and study["aggregate"] == "max"
     assert study["n"] == found["n"] / 2  # two images of one label and split a study
     assert (result.out / "samples_test.png").is_file()
+
+
+def tiny_run(manifest, out, seed=0):
+    from fracture_train.config import TrainConfig
+    from fracture_train.trainer import train_run
+
+    config = TrainConfig(
+        manifest=manifest,
+        out=out,
+        model="fracture_train.models:two_block_cnn",
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        seed=seed,
+        bootstrap=200,
+    )
+    return train_run(config).out
+
+
+@pytest.mark.slow
+def test_runs_on_one_test_split_compare_and_runs_on_another_are_refused(tmp_path):
+    import shutil
+
+    from fracture_curate.errors import ConfigError
+    from fracture_train.compare import compare_runs
+
+    manifest = split_manifest(easy_dataset(tmp_path / "data", n=20), tmp_path / "split.parquet")
+    first, second = tiny_run(manifest, tmp_path / "a"), tiny_run(manifest, tmp_path / "b", 1)
+    table, note = compare_runs([first, second], resamples=300)
+    assert list(table.columns) == [str(first), str(second)]
+    assert table.loc["n", str(first)] == "8"
+    difference = table.loc[f"AUROC - {first.name}", str(second)]
+    value, bounds = difference.split(" [")
+    low, high = (float(bound) for bound in bounds.rstrip("]").split(", "))
+    assert low <= float(value) <= high
+    assert "paired" in note and "300 resamples" in note
+    twin = shutil.copytree(first, tmp_path / "a-again")
+    same, _ = compare_runs([first, twin], resamples=100)
+    assert same.loc[f"AUROC - {first.name}", str(twin)] == "0.000 [0.000, 0.000]"
+    other = split_manifest(easy_dataset(tmp_path / "other", n=25, seed=4), tmp_path / "o.parquet")
+    with pytest.raises(ConfigError, match=r"tested on another test split than .*differ"):
+        compare_runs([first, tiny_run(other, tmp_path / "c")])
+    with pytest.raises(ConfigError, match="at least two run folders"):
+        compare_runs([first])
+
+
+@pytest.mark.slow
+def test_the_leaky_split_tests_on_copies_of_train_images_and_the_curated_one_does_not(tmp_path):
+    """The leakage command on a small generated set: the source's own split, copies kept,
+    holds test images copied from train (those planted as cross-split copies among them); the
+    curated split holds none; both runs' figures are shown side by side."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fracture_curate.dedupe import run_dedupe
+    from fracture_curate.embed import EmbedConfig, embed_manifest
+    from fracture_curate.outliers import run_outliers
+    from fracture_curate.scan import run_scan
+    from fracture_curate.split import SplitConfig, run_split
+    from fracture_curate.synthetic import generate_dataset
+    from fracture_train.cli import app
+    from fracture_train.leakage import cross_split_copies, leakage_report
+
+    data, curated, leaky = tmp_path / "data", tmp_path / "manifests", tmp_path / "leaky"
+    planted = generate_dataset(
+        data, n_per_class=25, image_size=64, plant_counts={"cross_split": 6}, seed=2
+    )
+    run_scan(data, curated, workers=1)
+    embed_manifest(curated, EmbedConfig(weights="random", image_size=32), workers=0)
+    run_dedupe(curated)
+    run_outliers(curated)
+    shutil.copytree(curated, leaky)
+    leaky_split = run_split(leaky, SplitConfig(keep_source_splits=True, keep_duplicates=True))
+    curated_split = run_split(curated)
+    copies = cross_split_copies(leaky_split)
+    moved = planted[(planted["kind"] == "cross_split") & (planted["split"] == "test")]
+    sources = planted.set_index("path").loc[moved["source_path"], "split"]
+    planted_leaks = set(moved.loc[(sources == "train").to_numpy(), "path"])
+    assert planted_leaks and planted_leaks <= set(copies["path"])
+    shown = copies.set_index("path")
+    for path in planted_leaks:  # each listed with the train image it copies
+        source = moved.set_index("path").loc[path, "source_path"]
+        copied = shown.loc[path, "copy_in_train"]
+        assert (data / copied).read_bytes() == (data / source).read_bytes() or copied == source
+    assert cross_split_copies(curated_split).empty
+    leaky_run = tiny_run(leaky / "split.parquet", tmp_path / "runs/leaky")
+    curated_run = tiny_run(curated / "split.parquet", tmp_path / "runs/curated")
+    report = leakage_report(leaky_run, curated_run, resamples=200)
+    assert list(report.figures.columns) == ["leaky split", "curated split"]
+    copied_row = report.figures.loc["test images copied from train"]
+    assert copied_row.tolist() == [str(len(copies)), "0"] and report.curated_copies == 0
+    assert report.copies["predicted_right"].notna().all()
+    memorised = report.memorised
+    assert memorised.loc["copied from train", "images"] == str(len(copies))
+    assert int(memorised["images"].astype(int).sum()) == int(report.figures.iloc[1, 0])
+    result = CliRunner().invoke(app, ["leakage", str(leaky_run), str(curated_run)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(copies)} leaky test image(s) are copies of train images" in result.output
