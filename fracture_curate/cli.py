@@ -580,6 +580,14 @@ def synth(
     plant: Annotated[
         bool, typer.Option(help="Plant duplicates, outliers and broken files, and record them.")
     ] = True,
+    cross_split: Annotated[
+        int | None,
+        typer.Option(
+            help="Copies to plant in another split than their original's (default: as many as "
+            "of every other kind, 1 per 20 originals).",
+            min=0,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Generate a synthetic radiograph-like dataset (with planted problems) for demos and tests."""
@@ -591,6 +599,7 @@ def synth(
             n_per_class=per_class,
             image_size=size,
             plant=plant,
+            cross_split=cross_split,
             seed=seed,
         )
     counts = record["kind"].value_counts().rename_axis("kind").to_frame("files")

@@ -29,7 +29,7 @@ app = typer.Typer(
     help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
     add_completion=False,
     pretty_exceptions_enable=False,
-    subcommand_metavar="[evaluate OPTIONS]",
+    subcommand_metavar="[evaluate|compare|leakage ARGS]",
     rich_markup_mode=None,  # click's plain help: wraps to the terminal, never cuts a name
 )
 
@@ -335,6 +335,70 @@ def evaluate(
         console.print(f"labels mapped onto the model's classes: {mapping}")
     _print_metrics(result.metrics, (split,))
     console.print(f"evaluation folder: {result.out}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders trained on one split.parquet.", file_okay=False),
+    ],
+    bootstrap: Bootstrap = TrainConfig.bootstrap,
+) -> None:
+    """Compare runs on their common test split: figures with 95% intervals, and each run's
+    AUROC minus the first run's, by a paired bootstrap. Runs tested on other images are
+    refused."""
+    from fracture_curate.display import frame_table
+    from fracture_train.compare import compare_runs
+
+    with clean_errors():
+        table, note = compare_runs(runs, bootstrap)
+    console.print(frame_table(table, "Runs compared on one test split"))
+    console.print(note, highlight=False)
+
+
+@app.command()
+def leakage(
+    leaky: Annotated[
+        Path,
+        typer.Argument(
+            help="Run trained on the source's own split, copies kept (`curate split "
+            "--keep-source-splits --keep-duplicates`).",
+            file_okay=False,
+        ),
+    ],
+    curated: Annotated[
+        Path, typer.Argument(help="The same model trained on the curated split.", file_okay=False)
+    ],
+    bootstrap: Bootstrap = TrainConfig.bootstrap,
+    show: Annotated[int, typer.Option(help="Copies to list.", min=0)] = 20,
+) -> None:
+    """Show what leakage does: both runs' test figures side by side (each with its own 95%
+    intervals), and the leaky test images that are copies of its training images."""
+    from fracture_curate.display import frame_table
+    from fracture_train.leakage import leakage_report
+
+    with clean_errors():
+        report = leakage_report(leaky, curated, bootstrap)
+    console.print(
+        frame_table(report.figures, "The same model, tested on a leaky and a curated split")
+    )
+    copies = report.copies
+    if copies.empty:
+        console.print("the leaky test split holds no copy of a train image")
+    else:
+        right = int(copies["predicted_right"].sum())
+        console.print(
+            f"{len(copies)} leaky test image(s) are copies of train images; the model got "
+            f"{right} of them right (it has seen them, labels included)"
+        )
+        console.print(
+            frame_table(copies.set_index("path").head(show), "Test images copied from train")
+        )
+        console.print(frame_table(report.memorised, "The leaky run on its copied test images"))
+    console.print(
+        f"the curated test split holds {report.curated_copies} copy(ies) of its train images"
+    )
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:

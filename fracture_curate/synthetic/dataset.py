@@ -43,19 +43,24 @@ def generate_dataset(
     png_fraction: float = 0.3,
     plant: bool = True,
     plant_counts: Mapping[str, int] | None = None,
+    cross_split: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Write a synthetic dataset under ``root`` and return its record (also ``root/planted.csv``).
 
     One record row per file written, with columns RECORD_COLUMNS. ``plant_counts``, when given,
     is the full number of planted files per kind (missing kinds: none); by default every kind
-    that makes sense for the layout is planted max(1, n_originals // 20) times. Output is
+    that makes sense for the layout is planted max(1, n_originals // 20) times. ``cross_split``
+    sets the number of copies planted in another split than their original's, over either
+    (the leak that audits of public sets found: ``make leakage``). Output is
     deterministic for a given seed. Raises ConfigError for an invalid argument, and
     FileExistsError if ``root`` holds files but no planted.csv (a previously generated set is
     deleted and regenerated).
     """
     root = Path(root)
     _check_args(layout, classes, n_per_class, image_size, png_fraction, plant_counts)
+    if cross_split is not None and cross_split < 0:
+        raise ConfigError(f"--cross-split must be 0 or more; got {cross_split}")
     _prepare_root(root)
     writer = DatasetWriter(
         root, layout, classes, image_size, png_fraction, np.random.default_rng(seed)
@@ -70,6 +75,8 @@ def generate_dataset(
             counts = dict.fromkeys(PLANTED_KINDS, max(1, len(writer.entries) // 20))
         else:
             counts = {kind: int(plant_counts.get(kind, 0)) for kind in PLANTED_KINDS}
+        if cross_split is not None:
+            counts["cross_split"] = cross_split
         plant_all(writer, counts)
 
     if layout == "mura":
