@@ -402,7 +402,8 @@ def leakage(
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
-    from fracture_train.display import absent_class_lines, interval_note, metrics_tables
+    from fracture_curate.evaluation_tables import interval_note
+    from fracture_train.display import absent_class_lines, metrics_tables
 
     for split in splits:
         for table in metrics_tables(metrics, split):

@@ -11,7 +11,8 @@ import pytest
 from rich.console import Console
 from test_train import easy_dataset, split_manifest
 
-from fracture_train.display import interval_note, metrics_tables
+from fracture_curate.evaluation_tables import interval_note
+from fracture_train.display import metrics_tables
 from fracture_train.evaluate import Uncertainty, evaluate_run, independent_units, per_study
 from fracture_train.intervals import wilson_interval
 from fracture_train.metrics import classification_metrics

@@ -38,6 +38,7 @@ from fracture_curate.report.html import table as html_table
 from fracture_curate.scan import run_scan
 from fracture_curate.split import run_split
 from fracture_curate.synthetic import generate_dataset, planted_vs_found
+from fracture_train.metrics import classification_metrics
 
 #: Screenshot and copy of the report rendered by the browser test (git-ignored).
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -93,6 +94,16 @@ def fake_run(folder: Path) -> Path:
             "at_threshold": {"threshold": 0.5, "sensitivity": 0.875, "specificity": 0.75},
         },
     }
+    targets = np.array([0] * 8 + [1] * 8)
+    positive = np.linspace(0.05, 0.95, 16)
+    metrics["val"] = classification_metrics(  # as the trainer computes it, intervals included
+        targets,
+        np.stack([1 - positive, positive], axis=1),
+        ["not fractured", "fractured"],
+        positive=1,
+        groups=np.arange(16),
+        resamples=200,
+    ) | {"samples": [{"path": "val/a.png", "label": "fractured", "kind": "wrong"}]}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     history = pd.DataFrame(
         {"epoch": [1, 2], "train_loss": [0.69, 0.52], "val_loss": [0.66, 0.58], "lr": [1e-3, 5e-4]}
@@ -209,6 +220,12 @@ def test_training_run_is_embedded(pipeline):
     assert "<h4>test / per_class</h4>" in training and "<th>precision</th>" in training
     assert "<h4>test / confusion_matrix</h4>" in training  # a list of lists, one row each
     assert "<td>0.8125</td>" in training and "<td>0.0005</td>" in training
+    metrics = json.loads((pipeline["base"] / "run" / "metrics.json").read_text())
+    low, high = metrics["val"]["intervals"]["auroc"]
+    assert "<caption>val (n=16)</caption>" in training and "<th>95% CI</th>" in training
+    assert f"<td>[{low:.3f}, {high:.3f}]</td>" in training
+    assert "95% intervals: Wilson for proportions" in training
+    assert "val: the surest correct and wrong predictions (samples_val.png)" in training
 
 
 def test_planted_against_found(pipeline):

@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from fracture_curate.dataset_files import shown_path
+from fracture_curate.evaluation_tables import interval_note, metrics_frames
 from fracture_curate.report.html import json_tables, note, png_figure, table
-from fracture_curate.schema import HISTORY_FILE, METRICS_FILE
+from fracture_curate.schema import HISTORY_FILE, METRICS_FILE, SPLITS
 
 
 def training_section(run: Path | None, *, show_paths: bool = False) -> str:
@@ -30,7 +31,8 @@ def training_section(run: Path | None, *, show_paths: bool = False) -> str:
         try:
             found = json.loads(metrics.read_text())
             shown = found if show_paths else _without_folders(found)
-            parts.append("<h3>Metrics</h3>" + json_tables(shown, []))
+            parts.append("<h3>Metrics</h3>" + _evaluation_tables(shown))
+            parts.append("<h3>Everything in metrics.json</h3>" + json_tables(shown, []))
         except json.JSONDecodeError as error:
             parts.append(note(f"{METRICS_FILE} cannot be read: {error}"))
     else:
@@ -40,6 +42,26 @@ def training_section(run: Path | None, *, show_paths: bool = False) -> str:
         parts.append(table(pd.read_csv(history), index=False, caption="History (per epoch)"))
     else:
         parts.append(note(f"No {HISTORY_FILE} in the run folder."))
+    return "".join(parts)
+
+
+def _evaluation_tables(metrics: dict[str, Any]) -> str:
+    """Each evaluated split's figures with their 95% intervals, per class and per study, and
+    its sample predictions (the surest correct and wrong images, drawn in samples_*.png)."""
+    parts = []
+    for split in (name for name in (*SPLITS, "all") if isinstance(metrics.get(name), dict)):
+        try:
+            frames = metrics_frames(metrics, split)
+        except (KeyError, TypeError, ValueError):  # another version's metrics.json
+            continue
+        parts.extend(table(frame, caption=title) for title, frame in frames)
+        line = interval_note(metrics[split])
+        if line:
+            parts.append(note(line))
+        samples = metrics[split].get("samples")
+        if samples:
+            caption = f"{split}: the surest correct and wrong predictions (samples_{split}.png)"
+            parts.append(table(pd.DataFrame(samples), index=False, caption=caption))
     return "".join(parts)
 
 
