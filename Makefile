@@ -76,3 +76,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/dicom_decode.py
+	$(BIN)/python benchmarks/bootstrap_bench.py

@@ -341,7 +341,9 @@ def evaluate(
 def compare(
     runs: Annotated[
         list[Path],
-        typer.Argument(help="Run folders trained on one split.parquet.", file_okay=False),
+        typer.Argument(
+            help="Run folders trained on one split.parquet.", file_okay=False, metavar="RUN"
+        ),
     ],
     bootstrap: Bootstrap = TrainConfig.bootstrap,
 ) -> None:
@@ -365,10 +367,16 @@ def leakage(
             help="Run trained on the source's own split, copies kept (`curate split "
             "--keep-source-splits --keep-duplicates`).",
             file_okay=False,
+            metavar="LEAKY_RUN",
         ),
     ],
     curated: Annotated[
-        Path, typer.Argument(help="The same model trained on the curated split.", file_okay=False)
+        Path,
+        typer.Argument(
+            help="The same model trained on the curated split.",
+            file_okay=False,
+            metavar="CURATED_RUN",
+        ),
     ],
     bootstrap: Bootstrap = TrainConfig.bootstrap,
     show: Annotated[int, typer.Option(help="Copies to list.", min=0)] = 20,
