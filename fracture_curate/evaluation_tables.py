@@ -72,6 +72,12 @@ def interval_note(found: dict[str, Any]) -> str | None:
         else "Wilson for proportions on the images over the bootstrap's design effect (the "
         "images of a patient are not independent), bootstrap for the rest"
     )
+    if not method.get("bootstrapped", True):
+        return (
+            f"95% intervals: Wilson for proportions, each of the {method['units']} patients or "
+            "groups counted once; too few for a bootstrap, so AUROC, balanced accuracy and "
+            "kappa have none (n/a)"
+        )
     return (
         f"95% intervals: {proportions} ({method['resamples']:,} resamples of "
         f"{method['units']:,} patients or groups, seed {method['seed']})"

@@ -18,6 +18,9 @@ from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
+#: Fewer independent groups than this give a bootstrap too few distinct resamples to show a
+#: spread (two patients give three): their bootstrap intervals are not stated.
+MIN_BOOTSTRAP_UNITS = 10
 # A block of weights (resamples x images, float64) stays under this many bytes; the gathers and
 # products made from it are of the same order.
 _BLOCK_BYTES = 256 * 2**20

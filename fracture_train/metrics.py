@@ -22,6 +22,7 @@ from sklearn.metrics import (
 from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
 from fracture_train.intervals import (
     CONFIDENCE,
+    MIN_BOOTSTRAP_UNITS,
     bootstrap_metrics,
     design_effect,
     percentile_interval,
@@ -188,7 +189,9 @@ def metric_intervals(
     which a percentile bootstrap is poor at near 0 and 1 (23 of 23 correct is not certainty):
     on the images' count when every group holds one image, else on the effective count, the
     images over the design effect the bootstrap measures (:func:`design_effect`).
-    ``thresholds`` names the binary decision thresholds: ``{"at_threshold": 0.5, ...}``.
+    With fewer than :data:`MIN_BOOTSTRAP_UNITS` independent groups a bootstrap cannot show a
+    spread: its intervals are NaN and each group counts once. ``thresholds`` names the binary
+    decision thresholds: ``{"at_threshold": 0.5, ...}``.
     """
     groups = np.asarray(groups)
     independent = len(np.unique(groups)) == len(groups)
@@ -203,18 +206,22 @@ def metric_intervals(
         seed=BOOTSTRAP_SEED,
     )
 
+    units = len(np.unique(groups))
+    enough = units >= MIN_BOOTSTRAP_UNITS
+
     def spread_of(key: str) -> list[float]:
-        return list(percentile_interval(spread[key]))
+        return list(percentile_interval(spread[key])) if enough else [math.nan, math.nan]
 
     def proportion(key: str, hits: np.ndarray, members: np.ndarray) -> list[float]:
         """Wilson's interval of ``hits`` among ``members`` (boolean masks), on the effective
         count where images are grouped; a design effect the spread cannot show (every
-        resample alike) is taken at its largest: each group of members counted once."""
+        resample alike, or too few groups) is taken at its largest: each group of members
+        counted once."""
         successes, total = int((hits & members).sum()), int(members.sum())
         effective = float(total)
         if not independent and total:
             clusters = len(np.unique(groups[members]))
-            if np.nanstd(spread[key]) > 0:
+            if enough and np.nanstd(spread[key]) > 0:
                 effective = total / design_effect(spread[key], successes, total)
             else:
                 effective = float(clusters)
@@ -227,7 +234,8 @@ def metric_intervals(
             "confidence": CONFIDENCE,
             "resamples": resamples,
             "seed": BOOTSTRAP_SEED,
-            "units": len(np.unique(groups)),
+            "units": units,
+            "bootstrapped": enough,
             "proportions": "wilson" if independent else "wilson, design effect",
         },
         "accuracy": proportion("accuracy", predicted == targets, everyone),

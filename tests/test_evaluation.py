@@ -82,11 +82,12 @@ def noisy_predictions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return targets, np.stack([1 - positive, positive], axis=1)
 
 
-def patients_alike() -> tuple[np.ndarray, np.ndarray]:
-    """80 images of 8 patients, each patient's 10 images predicted alike: 6 of 8 right."""
-    targets = np.repeat([1, 1, 1, 1, 0, 0, 0, 0], 10)
-    positive = np.repeat([0.9, 0.7, 0.4, 0.8, 0.3, 0.6, 0.2, 0.1], 10)
-    return targets, np.stack([1 - positive, positive], axis=1)
+def patients_alike(patients: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """10 images of each of (at most 12) patients, each patient's images predicted alike: 5 of
+    each 6 patients right."""
+    targets = np.repeat([1, 0] * 6, 10)[: 10 * patients]
+    positive = np.repeat([0.9, 0.3, 0.7, 0.6, 0.4, 0.2, 0.8, 0.1, 0.65, 0.45, 0.55, 0.35], 10)
+    return targets, np.stack([1 - positive, positive], axis=1)[: 10 * patients]
 
 
 def test_independent_images_get_wilson_intervals_and_patients_a_wider_one():
@@ -104,20 +105,21 @@ def test_independent_images_get_wilson_intervals_and_patients_a_wider_one():
     low, high = intervals["auroc"]
     assert low < alone["auroc"] < high  # AUROC is bootstrapped either way
     assert "intervals" not in classification_metrics(targets, probs, BINARY, positive=1)
-    # 8 patients of 10 images each, every patient's images predicted alike: 8 observations,
-    # not 80
+    # 12 patients of 10 images each, every patient's images predicted alike: 12 observations,
+    # not 120
     targets, probs = patients_alike()
     as_images, as_patients = (
         classification_metrics(targets, probs, BINARY, positive=1, groups=groups, resamples=500)[
             "intervals"
         ]
-        for groups in (np.arange(80), np.arange(80) // 10)
+        for groups in (np.arange(120), np.arange(120) // 10)
     )
     assert as_patients["method"] == {
         "confidence": 0.95,
         "resamples": 500,
         "seed": 0,
-        "units": 8,
+        "units": 12,
+        "bootstrapped": True,
         "proportions": "wilson, design effect",
     }
     for key in ("accuracy", "auroc"):
@@ -129,10 +131,11 @@ def test_the_design_effect_is_the_variance_grouping_adds():
     from fracture_train.intervals import bootstrap_metrics, design_effect
 
     targets, probs = patients_alike()
-    spread = bootstrap_metrics(targets, probs, np.arange(80) // 10, positive=1, n_resamples=2000)
-    assert 5 < design_effect(spread["accuracy"], 60, 80) < 15  # about the group size
-    alone = bootstrap_metrics(targets, probs, np.arange(80), positive=1, n_resamples=2000)
-    assert design_effect(alone["accuracy"], 60, 80) < 1.5
+    groups = np.arange(120) // 10
+    spread = bootstrap_metrics(targets, probs, groups, positive=1, n_resamples=2000)
+    assert 5 < design_effect(spread["accuracy"], 100, 120) < 15  # about the group size
+    alone = bootstrap_metrics(targets, probs, np.arange(120), positive=1, n_resamples=2000)
+    assert design_effect(alone["accuracy"], 100, 120) < 1.5
     assert design_effect(np.ones(100), 60, 60) == 1.0  # no spread: no effect
     # every patient right: the spread cannot show the design effect, each patient counts once
     right = classification_metrics(
@@ -140,10 +143,23 @@ def test_the_design_effect_is_the_variance_grouping_adds():
         np.eye(2)[targets],
         BINARY,
         positive=1,
-        groups=np.arange(80) // 10,
+        groups=groups,
         resamples=300,
     )["intervals"]
-    assert right["accuracy"] == list(wilson_interval(8, 8))
+    assert right["accuracy"] == list(wilson_interval(12, 12))
+
+
+def test_too_few_patients_for_a_bootstrap_leave_only_wilson_per_patient():
+    targets, probs = patients_alike(patients=8)
+    found = classification_metrics(
+        targets, probs, BINARY, positive=1, groups=np.arange(80) // 10, resamples=300
+    )
+    intervals = found["intervals"]
+    assert not intervals["method"]["bootstrapped"]
+    assert np.isnan(intervals["auroc"]).all() and np.isnan(intervals["cohen_kappa"]).all()
+    right = round(found["accuracy"] * 8)
+    np.testing.assert_allclose(intervals["accuracy"], wilson_interval(right, 8))
+    assert "too few for a bootstrap" in interval_note(found)
 
 
 def test_printed_tables_give_each_figure_its_interval_and_the_studies_their_own_table():
