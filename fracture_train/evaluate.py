@@ -6,6 +6,7 @@ Used at the end of training (val and test) and by ``train evaluate`` on another 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
 from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.progress import Phase, ProgressCallback
-from fracture_curate.runtime import model_threads, resolve_device, torch_threads
+from fracture_curate.runtime import model_threads, torch_threads
 from fracture_curate.schema import (
     METRICS_FILE,
     PREDICT_STAGE,
@@ -29,7 +30,7 @@ from fracture_curate.schema import (
     SPLITS,
     probability_column,
 )
-from fracture_train.checkpoint import BEST, CHECKPOINTS, load_model, write_json
+from fracture_train.checkpoint import BEST, CHECKPOINTS, write_json
 from fracture_train.config import STUDY_AGGREGATES
 from fracture_train.data import (
     ImageDataset,
@@ -43,6 +44,7 @@ from fracture_train.engine import Placement, predict
 from fracture_train.intervals import DEFAULT_RESAMPLES
 from fracture_train.metrics import classification_metrics
 from fracture_train.plots import plot_confusion, plot_roc
+from fracture_train.predict import load_ensemble
 from fracture_train.rows import Rows, load_evaluation_rows
 from fracture_train.samples import plot_samples, select_samples
 
@@ -273,7 +275,7 @@ def _predictions(rows: Rows, result: SplitPredictions, val_threshold: float | No
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     manifest: str | Path,
     *,
     root: str | Path | None = None,
@@ -289,68 +291,83 @@ def evaluate_run(
     uncertainty: Uncertainty = Uncertainty(),
     on_progress: ProgressCallback | None = None,
 ) -> EvaluationResult:
-    """Evaluate a run's model on another curated manifest (all rows with a split, or one split).
+    """Evaluate a run's model, or an ensemble of runs, on a curated manifest (all rows with a
+    split, or one split).
 
-    Writes the evaluation to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``). Binary
-    metrics are at 0.5 and at the threshold the run chose on its own validation set. DICOM files
-    are decoded with the window the model was trained with. ``model``
-    names the ``package.module:factory`` a run was trained with, when it was one: a run folder
-    never imports code on its own. ``uncertainty`` sets the intervals and the study scoring.
+    Writes the evaluation to ``out`` (default ``RUN/evaluations/<dataset folder>-<split>``, of
+    the first run, ``-ensemble`` added for several). Binary metrics are at 0.5 and at the
+    threshold the run chose on its own validation set (an ensemble: the mean of its runs',
+    which average their probabilities). Each run decodes DICOM files with the window it was
+    trained with. ``model`` names the ``package.module:factory`` a run was trained with, when
+    it was one: a run folder never imports code on its own. ``uncertainty`` sets the intervals
+    and the study scoring.
     """
     if split not in (None, *SPLITS):
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}, or all")
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose {' or '.join(CHECKPOINTS)}")
-    run_dir = Path(run_dir)
-    network, config = load_model(run_dir, checkpoint, factory=model)
+    runs = [Path(run_dir)] if isinstance(run_dir, str | Path) else [Path(run) for run in run_dir]
+    ensemble = load_ensemble(runs, device=device, checkpoint=checkpoint, factory=model)
+    first = ensemble.configs[0]
     rows = load_evaluation_rows(
-        manifest, config.class_names, config.positive_class, root=root, split=split
+        manifest, first.class_names, first.positive_class, root=root, split=split
     )
     name = split or "all"
-    window = Window.parse(config.preprocessing.window)
-    out = Path(out) if out is not None else run_dir / "evaluations" / f"{rows.root.name}-{name}"
-    torch_device = resolve_device(device)
+    folder = f"{rows.root.name}-{name}" + ("-ensemble" if len(runs) > 1 else "")
+    out = Path(out) if out is not None else runs[0] / "evaluations" / folder
+    on_cuda = ensemble.placements[0].device.type == "cuda"
     with folder_lock(out, "evaluation folder"):
-        store = ImageStore(
-            scanned_files(rows.frame, rows.root, window),  # as the model was trained
-            config.preprocessing.image_size,
-            cache,
-            out / "cache",
-        )
-        store.fill(fill_workers(workers), on_progress)
-        placement = Placement.create(
-            torch_device, config.preprocessing, amp=False, channels_last=True
-        )
-        on_cuda = torch_device.type == "cuda"
-        workers = loader_workers(workers, on_cuda, cache)
-        with torch_threads(model_threads(on_cuda, workers)):
-            results = predict_splits(
-                placement.prepare(network),
-                rows,
-                store,
-                placement,
-                {name: np.arange(len(rows.frame))},
-                batch_size=batch_size,
-                workers=workers,
-                phase=Phase(on_progress, "evaluating", len(rows.frame)),
+        stores = {}
+        for preprocessing in ensemble.preprocessings:  # as each model was trained
+            window = Window.parse(preprocessing.window)
+            stores[preprocessing] = ImageStore(
+                scanned_files(rows.frame, rows.root, window),
+                preprocessing.image_size,
+                cache,
+                out / "cache",
             )
+            stores[preprocessing].fill(fill_workers(workers), on_progress)
+        loaders = loader_workers(workers, on_cuda, cache)
+        members = []
+        with torch_threads(model_threads(on_cuda, loaders)):
+            for network, config, placement in zip(
+                ensemble.models, ensemble.configs, ensemble.placements, strict=True
+            ):
+                members += predict_splits(
+                    network,
+                    rows,
+                    stores[config.preprocessing],
+                    placement,
+                    {name: np.arange(len(rows.frame))},
+                    batch_size=batch_size,
+                    workers=loaders,
+                    phase=Phase(on_progress, "evaluating", len(rows.frame)),
+                )
+        result = SplitPredictions(
+            name,
+            members[0].positions,
+            np.mean([member.probs for member in members], axis=0),
+            members[0].targets,
+            float(np.mean([member.loss for member in members])),
+        )
         header = {
-            "run": shown_path(run_dir, show_paths),
+            "run": shown_path(runs[0], show_paths),
+            "runs": [shown_path(run, show_paths) for run in runs],
             "checkpoint": checkpoint,
-            "model": config.model,
+            "model": " + ".join(config.model for config in ensemble.configs),
             "manifest": shown_path(manifest, show_paths),
             "root": shown_path(rows.root, show_paths),
-            "window": str(window),
+            "window": ", ".join(dict.fromkeys(p.window for p in ensemble.preprocessings)),
             "label_map": rows.label_map,
         }
         metrics = write_evaluation(
             out,
             rows,
-            results,
-            val_threshold=config.val_threshold,
+            [result],
+            val_threshold=ensemble.val_threshold,
             header=header,
             provenance=header,
-            store=store,
+            store=stores[first.preprocessing],
             uncertainty=uncertainty,
         )
     return EvaluationResult(out=out, metrics=metrics)
