@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,18 +22,23 @@ from fracture_curate.display import (
 )
 from fracture_curate.errors import ConfigError
 from fracture_curate.schema import SPLITS
-from fracture_train.checkpoint import BEST, CHECKPOINTS
+from fracture_train.checkpoint import BEST
 from fracture_train.config import OPTIMIZERS, SELECT_METRICS, TrainConfig
+from fracture_train.options import Device, Factory, Which
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fracture_train.predict import Ensemble
 
 app = typer.Typer(
     help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
     add_completion=False,
     pretty_exceptions_enable=False,
-    subcommand_metavar="[evaluate|compare|leakage ARGS]",
+    subcommand_metavar="[predict|evaluate|compare|leakage ARGS]",
     rich_markup_mode=None,  # click's plain help: wraps to the terminal, never cuts a name
 )
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Workers = Annotated[
     int,
     typer.Option(
@@ -271,7 +276,13 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Annotated[
-        Path, typer.Option(help="Run folder written by `train`.", exists=True, file_okay=False)
+        list[Path],
+        typer.Option(
+            help="Run folder written by `train`; give it several times for an ensemble (soft "
+            "voting: the runs' probabilities averaged).",
+            exists=True,
+            file_okay=False,
+        ),
     ],
     manifest: Annotated[
         Path, typer.Option(help="A curated split.parquet of another dataset.", dir_okay=False)
@@ -283,9 +294,7 @@ def evaluate(
             help="Rows to evaluate: all (every row with a split), " + ", ".join(SPLITS) + "."
         ),
     ] = "all",
-    which: Annotated[
-        str, typer.Option(help="Checkpoint: " + " or ".join(CHECKPOINTS) + ".")
-    ] = BEST,
+    which: Which = BEST,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -296,20 +305,15 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 64,
     workers: Workers = -1,
     cache: Cache = "memory",
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="The package.module:factory the run was trained with, when it was one: a run "
-            "folder never imports code on its own."
-        ),
-    ] = None,
+    model: Factory = None,
     show_paths: Annotated[
         bool, typer.Option(help="Write whole paths into metrics.json (by default last parts).")
     ] = False,
     bootstrap: Bootstrap = TrainConfig.bootstrap,
     study_aggregate: StudyAggregate = TrainConfig.study_aggregate,
 ) -> None:
-    """Evaluate a trained run on another curated set (cross-dataset), as training evaluates."""
+    """Evaluate a trained run (or an ensemble of runs) on another curated set (cross-dataset),
+    as training evaluates."""
     from fracture_train.evaluate import Uncertainty, evaluate_run
 
     with clean_errors(), make_progress("img") as progress:
@@ -407,6 +411,114 @@ def leakage(
     console.print(
         f"the curated test split holds {report.curated_copies} copy(ies) of its train images"
     )
+
+
+@app.command()
+def predict(
+    arguments: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One or several run folders written by `train` (several: an ensemble that "
+            "averages their probabilities), then the image files and folders to predict "
+            "(folders are walked; every format the loader reads, DICOM included).",
+            metavar="RUN... PATH",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the table as CSV or Parquet (by the file's suffix).", dir_okay=False
+        ),
+    ] = None,
+    explain: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a Grad-CAM overlay of the predicted class beside each image into this "
+            "folder (<file name>-<image id>.png).",
+            file_okay=False,
+        ),
+    ] = None,
+    which: Which = BEST,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Decoding processes (-1: one per core on CUDA, none on a CPU, where the model "
+            "needs the cores).",
+            min=-1,
+        ),
+    ] = -1,
+    model: Factory = None,
+) -> None:
+    """Predict new radiographs with a trained run: a row per file with each class's probability
+    and the label at the run's validation-chosen threshold and at 0.5. A file that cannot be
+    read is a row with its reason."""
+    from fracture_curate.display import frame_table
+    from fracture_train.predict import (
+        load_ensemble,
+        predict_files,
+        split_arguments,
+        write_explanations,
+        write_predictions,
+    )
+
+    with clean_errors():
+        runs, paths = split_arguments(arguments)
+        ensemble = load_ensemble(runs, device=device, checkpoint=which, factory=model)
+        with make_progress("img") as progress:
+            frame, prediction = predict_files(
+                ensemble,
+                paths,
+                batch_size=batch_size,
+                workers=None if workers < 0 else workers,
+                on_progress=ProgressBars(progress),
+            )
+            if explain is not None:
+                frame["explanation"] = write_explanations(
+                    ensemble, frame, prediction, explain, on_progress=ProgressBars(progress)
+                )
+        if out is not None:
+            write_predictions(frame, out)
+    console.print(frame_table(*_shown_predictions(frame, ensemble)))
+    failed = int((frame["status"] != "ok").sum())
+    if failed:
+        console.print(warning(f"{failed} file(s) could not be read as images (see reason)"))
+    if out is not None:
+        console.print(f"wrote {out}")
+    if explain is not None:
+        console.print(f"explanations in {explain}")
+
+
+def _shown_predictions(frame: pd.DataFrame, ensemble: Ensemble) -> tuple[pd.DataFrame, str]:
+    """The columns a screen has room for (the file, its label or why it has none, the
+    probability the label was decided on) and a title naming the threshold."""
+    import pandas as pd
+
+    from fracture_curate.schema import probability_column
+
+    shown = frame.set_index("path")
+    positive = ensemble.positive_index
+    if positive is not None:
+        name = ensemble.class_names[positive]
+        column = f"p({name})"
+        probability = shown[probability_column(name)]
+        title = f"Predictions: {name} when p({name}) >= {ensemble.threshold:.3f}"
+        if ensemble.val_threshold is not None:
+            title += " (chosen on validation)"
+    else:
+        column = "p(predicted)"
+        probability = shown[[probability_column(n) for n in ensemble.class_names]].max(axis=1)
+        title = "Predictions: the most probable class"
+    reasons = shown["status"] + ": " + shown["reason"]
+    table = pd.DataFrame(
+        {
+            "predicted": shown["predicted_label"].fillna(reasons),
+            column: probability.map(lambda v: "" if v != v else f"{v:.3f}"),
+        },
+        index=shown.index,
+    )
+    return table, title
 
 
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
