@@ -29,6 +29,8 @@ demo: $(STAMP)
 	$(BIN)/train --manifest $(MANIFESTS)/split.parquet --model mobilenetv2_100 --pretrained \
 		--epochs 6 --lr 3e-4 --batch-size 16 --out $(RUN)
 	$(BIN)/curate report --manifests $(MANIFESTS) --run $(RUN) --out report.html
+	@echo "predict new films: $(BIN)/train predict $(RUN) FILE_OR_FOLDER... [--explain DIR]"
+	@echo "or on a local web page: $(BIN)/serve $(RUN)   (then open http://127.0.0.1:8000)"
 
 # What leakage does: a demo set whose source split leaks as public sets do (copies of 22% of the
 # originals in another split, the share of the Multi-Region set's 3,888 distinct images whose
@@ -77,3 +79,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/dicom_decode.py
 	$(BIN)/python benchmarks/bootstrap_bench.py
+	$(BIN)/python benchmarks/predict_bench.py
