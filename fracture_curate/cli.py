@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fracture_curate import __version__
+from fracture_curate.ann import EXACT_LIMIT
 from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
 from fracture_curate.dicom import DEFAULT_WINDOW
 from fracture_curate.display import (
@@ -328,7 +329,8 @@ def dedupe(
         bool,
         typer.Option(
             help="Check each file's nearest neighbours for a rotated, scaled or cropped copy "
-            "(SIFT keypoints + RANSAC); reads the images again.",
+            "(SIFT keypoints + RANSAC); reads the images again. The neighbours come from the "
+            "embeddings: with --no-embeddings this layer cannot run (a warning says so).",
         ),
     ] = DedupeConfig.geometry,
     geometry_threshold: Annotated[
@@ -349,6 +351,23 @@ def dedupe(
             "together) when they are not copies.",
         ),
     ] = DedupeConfig.related_threshold,
+    search: Annotated[
+        str,
+        typer.Option(
+            help="Embedding similarity search: 'exact' (every pair, grows as n^2), "
+            "'approximate' (an inverted file: each image against the lists nearest it; the "
+            "recall against exact search on 1,000 sampled images is printed) or 'auto' "
+            f"(exact up to {EXACT_LIMIT:,} images).",
+        ),
+    ] = DedupeConfig.search,
+    probes: Annotated[
+        int,
+        typer.Option(
+            help="Approximate search: lists of the inverted file each image is "
+            "compared with (more: slower, fewer missed pairs).",
+            min=1,
+        ),
+    ] = DedupeConfig.probes,
     root: RootOption = None,
 ) -> None:
     """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
@@ -372,11 +391,22 @@ def dedupe(
             geometry_threshold=geometry_threshold,
             copy_share=copy_share,
             related_threshold=related_threshold,
+            search=search,
+            probes=probes,
         )
+        if geometry and not embeddings:
+            error_console.print(
+                warning(
+                    "the geometry layer checks each file's embedding neighbours: with "
+                    "--no-embeddings it does not run (crops and small rotations go unfound)"
+                )
+            )
         before = written_before(manifests, "dedupe")
         with make_progress("img") as progress:
             frame = run_dedupe(manifests, config, root=root, on_progress=ProgressBars(progress))
     summary = summarise_dedupe(frame)
+    if "similarity_search" in frame.attrs:
+        console.print(frame.attrs["similarity_search"], highlight=False)
     console.print(frame_table(summary["counts"], "Duplicates"))
     if not summary["copies_by_match"].empty:
         console.print(frame_table(summary["copies_by_match"], "Copies by match"))

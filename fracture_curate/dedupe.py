@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from fracture_curate.ann import SEARCH_METHODS, SearchReport, similar_pairs
 from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
 from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.geometry import (
@@ -42,7 +43,6 @@ from fracture_curate.progress import ProgressCallback
 from fracture_curate.schema import DEDUPE_COLUMNS, MATCH_KINDS, empty_columns
 from fracture_curate.vectors import (
     centred_unit_rows,
-    cosine_pairs,
     embedding_matrix,
     nearest_neighbours,
     unit_rows,
@@ -75,6 +75,10 @@ class DedupeConfig:
     copy_share: float = COPY_SHARE  #: min share of the matches on that transform for a copy
     related_threshold: int = RELATED_INLIERS  #: min keypoints on one transform for related films
     block: int = 2048  #: side of the similarity search's square tiles
+    #: "auto" (exact up to ``ann.EXACT_LIMIT`` images, an inverted file beyond), "exact" or
+    #: "approximate"; ``probes``: lists of the inverted file each image is compared with
+    search: str = "auto"
+    probes: int = 8
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "phash_radius": Interval(0, HASH_BITS, integer=True),
@@ -87,6 +91,8 @@ class DedupeConfig:
         "copy_share": Interval(0, 1),
         "related_threshold": Interval(1, integer=True),
         "block": Interval(1, integer=True),
+        "search": Options(SEARCH_METHODS),
+        "probes": Interval(1, integer=True),
     }
 
     def __post_init__(self) -> None:
@@ -140,9 +146,10 @@ def find_pairs(
     root: Path | None = None,
     window: Window = DEFAULT_WINDOW,
     on_progress: ProgressCallback | None = None,
-) -> tuple[Pairs, RelatedPairs]:
-    """Every matched pair among the rows of ``scan`` (positions), layer by layer, and the pairs
-    of related images the geometry layer found.
+) -> tuple[Pairs, RelatedPairs, SearchReport | None]:
+    """Every matched pair among the rows of ``scan`` (positions), layer by layer, the pairs of
+    related images the geometry layer found, and how the embedding search ran (None: it did
+    not).
 
     The geometry layer needs the images (a DICOM decoded with ``window``), so it runs only when
     ``root`` is given.
@@ -158,17 +165,23 @@ def find_pairs(
             parts.append(_layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS))
 
     if embeddings is None or len(embeddings) < 2:
-        return Pairs.concat(parts), RelatedPairs.none()
+        return Pairs.concat(parts), RelatedPairs.none(), None
     # Embedding cosine, and geometric verification of each file's nearest neighbours.
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
     vectors = embedding_matrix(embeddings, files["image_id"])
     unit = centred_unit_rows(vectors)
-    for i, j, similarity in cosine_pairs(unit, config.cosine_threshold, block=config.block):
-        parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
+    i, j, similarity, report = similar_pairs(
+        unit,
+        config.cosine_threshold,
+        search=config.search,
+        probes=config.probes,
+        block=config.block,
+    )
+    parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
     if not config.geometry or root is None:
-        return Pairs.concat(parts), RelatedPairs.none()
+        return Pairs.concat(parts), RelatedPairs.none(), report
     # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
     # turned copy has, and ranked some sources below their copy's 10th neighbour.
     i, j, _ = nearest_neighbours(
@@ -186,7 +199,7 @@ def find_pairs(
         positions[j[linked]],
         PairEvidence(evidence.inliers[linked], evidence.matches[linked]),
     )
-    return _without(Pairs.concat(parts), related, scan["image_id"]), related
+    return _without(Pairs.concat(parts), related, scan["image_id"]), related, report
 
 
 def _without(pairs: Pairs, related: RelatedPairs, image_ids: pd.Series) -> Pairs:
@@ -288,9 +301,11 @@ def deduplicate(
     if ok.empty:
         return result
     root = Path(root) if root else None
-    pairs, related = find_pairs(
+    pairs, related, report = find_pairs(
         ok, embeddings, config, root=root, window=window, on_progress=on_progress
     )
+    if report is not None:  # the command line says how the search ran
+        result.attrs["similarity_search"] = report.line()
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)
@@ -433,6 +448,9 @@ def run_dedupe(
         frame = deduplicate(
             scan, embeddings, config, root=root, window=window, on_progress=on_progress
         )
-        params = asdict(config) | {"root": str(root)}
+        params = asdict(config) | {
+            "root": str(root),
+            "similarity_search": frame.attrs.get("similarity_search"),
+        }
         write_stage(frame, directory, "dedupe", params=params, inputs=inputs)
     return frame
