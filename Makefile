@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/related_films.py --seeds 0-9
 	$(BIN)/python benchmarks/outlier_grid.py
 	$(BIN)/python benchmarks/dedupe_scale.py
+	$(BIN)/python benchmarks/ann_bench.py
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/dicom_decode.py
