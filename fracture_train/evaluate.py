@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.dataset_files import shown_path
 from fracture_curate.dicom import Window
 from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
@@ -321,7 +321,7 @@ def evaluate_run(
         for preprocessing in ensemble.preprocessings:  # as each model was trained
             window = Window.parse(preprocessing.window)
             stores[preprocessing] = ImageStore(
-                scanned_files(rows.frame, rows.root, window),
+                rows.files(window),
                 preprocessing.image_size,
                 cache,
                 out / "cache",

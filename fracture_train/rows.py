@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from fracture_curate.classes import FINDING, NORMAL, class_reading, positive_class
+from fracture_curate.dataset_files import ScannedFile, scanned_files
 from fracture_curate.dicom import Window
 from fracture_curate.errors import CurateError
 from fracture_curate.manifest import (
@@ -49,6 +50,11 @@ class Rows:
     class_names: list[str]
     positive_class: str | None  #: the fracture class of a binary task; None for several classes
     label_map: dict[str, str] = field(default_factory=dict)  #: manifest label -> model class
+
+    def files(self, window: Window | None = None) -> list[ScannedFile]:
+        """The rows' files, to be decoded as the manifest's scan decoded them (``window``: as
+        another run was trained instead)."""
+        return scanned_files(self.frame, self.root, self.window if window is None else window)
 
     @property
     def positive_index(self) -> int | None:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from fracture_curate.dataset_files import scanned_files, shown_path
+from fracture_curate.dataset_files import shown_path
 from fracture_curate.manifest import atomic_path, folder_lock, read_provenance
 from fracture_curate.model_input import Preprocessing
 from fracture_curate.progress import Phase, ProgressCallback
@@ -123,7 +123,7 @@ def train_run(
     with folder_lock(out, "run folder"):
         check_run_folder(out, config.resume)  # again: another run may have started meanwhile
         store = ImageStore(
-            scanned_files(rows.frame, rows.root, rows.window),
+            rows.files(),
             config.image_size,
             config.cache,
             config.cache_dir or out / "cache",

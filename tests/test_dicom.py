@@ -326,9 +326,21 @@ def test_a_mixed_dicom_and_png_set_curates_trains_and_names_no_patient(tmp_path)
             epochs=1,
             batch_size=8,
             workers=0,
+            cache="disk",
+            cache_dir=tmp_path / "cache",
         ),
         log=logged.append,
     )
+    # the trainer decoded the DICOM rows with the scan's window: its cache holds them so
+    from fracture_curate.dataset_files import content_id
+    from fracture_curate.model_input import preprocess
+
+    trained_on = ankle.index[ankle["split"].notna()][0]  # the one encoding in the split
+    film = (data / trained_on).read_bytes()
+    cached = tmp_path / "cache" / "48px-percentile-1,99" / f"{content_id(film)}.npy"
+    expected = preprocess(film, 48, "stretch", window)
+    assert not np.array_equal(expected, preprocess(film, 48, "stretch"))  # the window matters
+    np.testing.assert_array_equal(np.load(cached), expected)
     assert result.metrics["test"]["n"] > 0
     from fracture_train.checkpoint import read_run_config
 
