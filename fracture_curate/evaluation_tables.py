@@ -122,6 +122,12 @@ def interval_text(bounds: list[float] | None) -> str:
     return f"[{low:.3f}, {high:.3f}]"
 
 
+def figure_text(value: float | None, bounds: list[float] | None) -> str:
+    """A figure and its interval where one is stated: "0.912 [0.850, 0.957]", or "0.912"."""
+    interval = interval_text(bounds)
+    return number_text(value) if interval in ("", "n/a") else f"{number_text(value)} {interval}"
+
+
 def number_text(value: float | None) -> str:
     """A figure as printed: three decimals, "n/a" when undefined."""
     return (

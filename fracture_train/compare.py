@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.errors import ConfigError
+from fracture_curate.evaluation_tables import figure_text
 from fracture_curate.manifest import read_manifest
 from fracture_curate.schema import PREDICT_STAGE, PREDICTIONS_FILE, probability_column
 from fracture_train.checkpoint import read_run_config
@@ -132,14 +133,14 @@ def compare_runs(
     for run, found in zip(loaded, scores, strict=True):
         cells = {"model": run.model, "n": str(found["n"])}
         for key, label in FIGURES.items():
-            cells[label] = with_interval(found[key], found.get("intervals", {}).get(key))
+            cells[label] = figure_text(found[key], found.get("intervals", {}).get(key))
         for key in ("at_threshold", "at_val_threshold"):
             if key in found:
                 where = f"@ {found[key]['threshold']:.3f}"
                 bounds = found.get("intervals", {}).get(key, {})
                 for rate in ("sensitivity", "specificity"):
                     cells[f"{rate} {where}" if key == "at_threshold" else f"{rate} @ val"] = (
-                        with_interval(found[key][rate], bounds.get(rate))
+                        figure_text(found[key][rate], bounds.get(rate))
                     )
         if run is not first and first.positive_index is not None and resamples:
             positive = first.positive_index
@@ -152,7 +153,7 @@ def compare_runs(
                 seed=BOOTSTRAP_SEED,
             )
             difference = found["auroc"] - scores[0]["auroc"]
-            cells[f"AUROC - {first.run.name}"] = with_interval(
+            cells[f"AUROC - {first.run.name}"] = figure_text(
                 difference, list(percentile_interval(spread))
             )
         columns[str(run.run)] = cells
@@ -165,11 +166,3 @@ def compare_runs(
         "scored on the same resamples"
     )
     return table.fillna(""), note
-
-
-def with_interval(value: float, bounds: list[float] | None) -> str:
-    """A figure and its interval, as the comparisons print it: "0.912 [0.850, 0.957]"."""
-    shown = "n/a" if value is None or np.isnan(value) else f"{value:.3f}"
-    if not bounds or any(np.isnan(bound) for bound in bounds):
-        return shown
-    return f"{shown} [{bounds[0]:.3f}, {bounds[1]:.3f}]"

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.errors import ConfigError
+from fracture_curate.evaluation_tables import figure_text
 from fracture_curate.manifest import read_manifest
 from fracture_train.checkpoint import read_run_config
 from fracture_train.compare import (
     FIGURES,
     read_test_predictions,
     score_test_split,
-    with_interval,
 )
 from fracture_train.intervals import DEFAULT_RESAMPLES, wilson_interval
 
@@ -71,7 +71,7 @@ def leakage_report(
         found = score_test_split(run, resamples)
         cells = {"run": str(run.run), "test images": str(found["n"])}
         for key, label in FIGURES.items():
-            cells[label] = with_interval(found[key], found.get("intervals", {}).get(key))
+            cells[label] = figure_text(found[key], found.get("intervals", {}).get(key))
         cells["test images copied from train"] = str(len(copies[name]))
         columns[name] = cells
     leaky = runs["leaky split"].frame
@@ -99,7 +99,7 @@ def _accuracy(right: np.ndarray) -> dict[str, str]:
     return {
         "images": str(len(right)),
         "right": str(int(right.sum())),
-        "accuracy": with_interval(share, bounds),
+        "accuracy": figure_text(share, bounds),
     }
 
 
