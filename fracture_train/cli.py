@@ -314,7 +314,8 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run (or an ensemble of runs) on another curated set (cross-dataset),
     as training evaluates."""
-    from fracture_train.evaluate import Uncertainty, evaluate_run
+    from fracture_train.config import Uncertainty
+    from fracture_train.evaluate import evaluate_run
 
     with clean_errors(), make_progress("img") as progress:
         uncertainty = Uncertainty(bootstrap, study_aggregate)

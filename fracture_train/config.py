@@ -42,6 +42,22 @@ _FLAG = Options((True, False))
 
 
 @dataclass(frozen=True)
+class Uncertainty:
+    """How an evaluation states what its figures are worth."""
+
+    bootstrap: int = DEFAULT_RESAMPLES  #: resamples of the 95% intervals (0: none)
+    study_aggregate: str = "mean"  #: how a study's image probabilities make its own (per_study)
+
+    CONSTRAINTS: ClassVar[Constraints] = {
+        "bootstrap": Interval(0, integer=True),
+        "study_aggregate": Options(STUDY_AGGREGATES),
+    }
+
+    def __post_init__(self) -> None:
+        check_params(self, self.CONSTRAINTS)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Every option of a training run (the CLI's options, one to one)."""
 
@@ -78,8 +94,13 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     show_paths: bool = False  #: whole paths in metrics.json (by default only their last part)
-    bootstrap: int = DEFAULT_RESAMPLES  #: resamples of the metrics' 95% intervals (0: none)
-    study_aggregate: str = "mean"  #: a study's probability from its images': "mean" or "max"
+    bootstrap: int = Uncertainty.bootstrap  #: see Uncertainty
+    study_aggregate: str = Uncertainty.study_aggregate
+
+    @property
+    def uncertainty(self) -> Uncertainty:
+        """How the run's evaluation states what its figures are worth."""
+        return Uncertainty(self.bootstrap, self.study_aggregate)
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "pretrained": _FLAG,
@@ -107,9 +128,7 @@ class TrainConfig:
         "seed": Interval(0, integer=True),
         "resume": _FLAG,
         "show_paths": _FLAG,
-        "bootstrap": Interval(0, integer=True),
-        "study_aggregate": Options(STUDY_AGGREGATES),
-    }
+    } | Uncertainty.CONSTRAINTS
 
     def __post_init__(self) -> None:
         check_params(self, self.CONSTRAINTS)

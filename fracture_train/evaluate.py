@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,6 @@ from fracture_curate.dataset_files import shown_path
 from fracture_curate.dicom import Window
 from fracture_curate.errors import ConfigError
 from fracture_curate.manifest import folder_lock, write_manifest
-from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import model_threads, torch_threads
 from fracture_curate.schema import (
@@ -31,7 +30,7 @@ from fracture_curate.schema import (
     probability_column,
 )
 from fracture_train.checkpoint import BEST, CHECKPOINTS, write_json
-from fracture_train.config import STUDY_AGGREGATES
+from fracture_train.config import Uncertainty
 from fracture_train.data import (
     ImageDataset,
     ImageStore,
@@ -41,7 +40,6 @@ from fracture_train.data import (
 )
 from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
 from fracture_train.engine import Placement, predict
-from fracture_train.intervals import DEFAULT_RESAMPLES
 from fracture_train.metrics import classification_metrics
 from fracture_train.plots import plot_confusion, plot_roc
 from fracture_train.predict import load_ensemble
@@ -58,22 +56,6 @@ class SplitPredictions:
     probs: np.ndarray  #: N x K, in class order
     targets: np.ndarray
     loss: float
-
-
-@dataclass(frozen=True)
-class Uncertainty:
-    """How an evaluation states what its figures are worth."""
-
-    bootstrap: int = DEFAULT_RESAMPLES  #: resamples of the 95% intervals (0: none)
-    study_aggregate: str = "mean"  #: how a study's image probabilities make its own (per_study)
-
-    CONSTRAINTS: ClassVar[Constraints] = {
-        "bootstrap": Interval(0, integer=True),
-        "study_aggregate": Options(STUDY_AGGREGATES),
-    }
-
-    def __post_init__(self) -> None:
-        check_params(self, self.CONSTRAINTS)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from fracture_train.engine import (
     predict,
     train_epoch,
 )
-from fracture_train.evaluate import Uncertainty, predict_splits, write_evaluation
+from fracture_train.evaluate import predict_splits, write_evaluation
 from fracture_train.metrics import classification_metrics
 from fracture_train.models import build_model, freeze, num_outputs
 from fracture_train.plots import plot_history
@@ -341,7 +341,7 @@ def _evaluate_best(
         header=header,
         provenance={"run": header["run"], "manifest": header["manifest"], "checkpoint": BEST},
         store=store,
-        uncertainty=Uncertainty(config.bootstrap, config.study_aggregate),
+        uncertainty=config.uncertainty,
     )
 
 

@@ -12,8 +12,9 @@ from rich.console import Console
 from test_train import easy_dataset, split_manifest
 
 from fracture_curate.evaluation_tables import interval_note
+from fracture_train.config import Uncertainty
 from fracture_train.display import metrics_tables
-from fracture_train.evaluate import Uncertainty, evaluate_run, independent_units, per_study
+from fracture_train.evaluate import evaluate_run, independent_units, per_study
 from fracture_train.intervals import wilson_interval
 from fracture_train.metrics import classification_metrics
 
