@@ -29,7 +29,8 @@ from fracture_curate.errors import ConfigError, CurateError
 from fracture_curate.evaluation_tables import interval_note, interval_text, number_text
 from fracture_curate.manifest import read_manifest, read_provenance
 from fracture_curate.report.html import CSP, data_uri, escape, note, table
-from fracture_curate.schema import METRICS_FILE, SPLITS
+from fracture_curate.schema import METRICS_FILE
+from fracture_curate.split import split_summary
 from fracture_train.checkpoint import BEST, CHECKPOINTS, RunConfig, read_json
 from fracture_train.explain import Explainer, side_by_side
 from fracture_train.options import Device, Factory, Which
@@ -152,24 +153,17 @@ def predict_uploads(
 
 def describe_split(frame: pd.DataFrame) -> pd.DataFrame:
     """The curated set of a split manifest, one row per split and a total: images, images per
-    label, patients (distinct patient ids) and independent groups (split groups; a row without
-    one is a group of its own, as the bootstrap counts them). Excluded rows are left out."""
+    label (``curate split``'s own summary), patients (distinct patient ids) and independent
+    groups (split groups; a row without one is a group of its own, as the bootstrap counts
+    them). Excluded rows are left out."""
+    summary = split_summary(frame).T.rename(columns={"total": "images"})
+    summary = summary[["images", *(c for c in summary.columns if c != "images")]]
     kept = frame[frame["split"].notna()]
-    parts = [
-        (split, kept[kept["split"] == split]) for split in SPLITS if (kept["split"] == split).any()
-    ]
-    labels = sorted(kept["label"].dropna().unique())
-    rows = {}
-    for name, part in [*parts, ("total", kept)]:
-        counts = part["label"].value_counts()
-        rows[name] = {
-            "images": len(part),
-            **{label: int(counts.get(label, 0)) for label in labels},
-            "patients": part["patient_id"].nunique(dropna=True),
-            "independent groups": _groups(part),
-        }
-    summary = pd.DataFrame.from_dict(rows, orient="index")
-    summary.index.name = "split"
+    parts = {name: kept[kept["split"] == name] for name in summary.index if name != "total"}
+    parts["total"] = kept
+    summary["patients"] = [parts[name]["patient_id"].nunique(dropna=True) for name in summary.index]
+    summary["independent groups"] = [_groups(parts[name]) for name in summary.index]
+    summary.index.name, summary.columns.name = "split", None
     return summary
 
 
