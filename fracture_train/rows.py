@@ -20,8 +20,8 @@ from fracture_curate.dataset_files import ScannedFile, scanned_files
 from fracture_curate.dicom import Window
 from fracture_curate.errors import CurateError
 from fracture_curate.manifest import (
+    check_manifest,
     dataset_root,
-    read_manifest,
     read_provenance,
     recorded_window,
 )
@@ -150,12 +150,11 @@ def _read_usable(
 ) -> tuple[pd.DataFrame, Path, Window]:
     """The rows with a split, checked for columns, status, labels; the dataset folder, and the
     window its DICOM files were scanned with."""
-    frame = read_manifest(manifest, stage="split", columns=list(REQUIRED_COLUMNS))
+    check_manifest(manifest, stage="split", columns=list(REQUIRED_COLUMNS))
     stored = pq.read_schema(manifest).names
-    for name, dtype in OPTIONAL_COLUMNS.items():
-        found = name in stored
-        frame[name] = pd.read_parquet(manifest, columns=[name])[name] if found else None
-        frame[name] = frame[name].astype(dtype)
+    present = [name for name in OPTIONAL_COLUMNS if name in stored]
+    frame = pd.read_parquet(manifest, columns=[*REQUIRED_COLUMNS, *present])
+    frame = frame.reindex(columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS]).astype(OPTIONAL_COLUMNS)
     frame = frame[frame["split"].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"{manifest} has no rows with a split")
