@@ -138,3 +138,29 @@ def test_arguments_split_into_runs_then_paths(runs, tmp_path):
         split_arguments([first])
     frame = pd.DataFrame({"path": ["a"], "status": ["ok"]})
     assert write_predictions(frame, tmp_path / "t.parquet").exists()
+
+
+def test_each_explanation_is_the_predicted_class_map_beside_the_input(runs, tmp_path):
+    from fracture_train.explain import side_by_side
+    from fracture_train.predict import (
+        ensemble_heatmaps,
+        explainers,
+        predicted_classes,
+        write_explanations,
+    )
+
+    ensemble = load_ensemble(runs["runs"][:1], device="cpu")
+    files = sorted((runs["data"] / "fractured").glob("*"))[:4]
+    frame, prediction = predict_files(ensemble, files, workers=0)
+    written = write_explanations(ensemble, frame, prediction, tmp_path / "explained")
+    classes = predicted_classes(ensemble, prediction.probs)
+    for index in range(len(files)):
+        arrays = prediction.images[index]
+        heatmap = ensemble_heatmaps(ensemble, explainers(ensemble), [arrays], [classes[index]])
+        other = ensemble_heatmaps(ensemble, explainers(ensemble), [arrays], [1 - classes[index]])
+        with Image.open(written[index]) as picture:
+            drawn = np.asarray(picture)
+        # a batch of one rounds a little differently from the batch of four written
+        same = np.abs(drawn.astype(int) - np.asarray(side_by_side(arrays[0], heatmap[0])))
+        wrong = np.abs(drawn.astype(int) - np.asarray(side_by_side(arrays[0], other[0])))
+        assert same.max() <= 2 and wrong.mean() > 10 * max(same.mean(), 0.1)
