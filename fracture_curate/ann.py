@@ -29,8 +29,9 @@ TRAIN_PER_LIST = 16
 KMEANS_ITERATIONS = 10
 #: Query rows per range search call (bounds the results held at once).
 QUERY_CHUNK = 20_000
-#: How far below the threshold the 8-bit codes' similarities are taken as candidates: far more
-#: than their rounding error on unit vectors, so no pair above the threshold is lost to it.
+#: How far below the threshold the 8-bit codes' similarities are taken as candidates: 16x their
+#: largest rounding error measured on centred MobileNetV2 embeddings (0.0012, of the demo set's
+#: images and of 4,700 near copies of them), so no pair above the threshold is lost to it.
 CODE_MARGIN = 0.02
 #: Query rows whose neighbours are also found exactly, to measure the approximation's recall.
 RECALL_QUERIES = 1_000
