@@ -23,6 +23,7 @@ from fracture_curate.display import (
     make_progress,
     warning,
 )
+from fracture_curate.distributed import RAY_EXTRA, ray_cluster
 from fracture_curate.embed import EmbedConfig, embed_manifest
 from fracture_curate.layouts import LAYOUTS
 from fracture_curate.manifest import manifest_path, replaced_lines, written_before
@@ -96,6 +97,19 @@ def wrote(directory: Path, stage: str, before: str | None, detail: str = "") -> 
         console.print(warning(line) if is_warning else line)
 
 
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="Run on Ray: 'auto' (the running cluster, else a local Ray instance) or a "
+        "cluster's ADDRESS (host:port, ray://host:port). Workers read the files where they "
+        "are: the dataset folder must be visible to every worker at the same path. Needs "
+        f"{RAY_EXTRA}. Default: no Ray, this machine only.",
+    ),
+]
+
+
 @app.command()
 def scan(
     root: Annotated[
@@ -122,7 +136,11 @@ def scan(
         str, typer.Option(help="Comma-separated image formats to keep; others are dropped.")
     ] = ",".join(ScanConfig.formats),
     workers: Annotated[
-        int, typer.Option(help="Worker processes (default: all cores).", min=1)
+        int,
+        typer.Option(
+            help="Worker processes (default: all cores); with --ray, Ray runs a task per CPU.",
+            min=1,
+        ),
     ] = os.cpu_count() or 1,
     max_pixels: Annotated[
         int, typer.Option(help="Decompression-bomb guard: larger images are refused.")
@@ -161,6 +179,7 @@ def scan(
             "image's values, e.g. percentile:1,99) or full (its whole range).",
         ),
     ] = str(DEFAULT_WINDOW),
+    ray: RayOption = None,
 ) -> None:
     """Walk ROOT and write OUT/scan.parquet: every file, its labels, status and image stats."""
     with clean_errors():
@@ -174,15 +193,19 @@ def scan(
             window=window,
         )
         before = written_before(out, "scan")
-        with make_progress("files") as progress:
-            result = run_scan(
-                root,
-                out,
-                config,
-                workers=workers,
-                on_progress=ProgressBars(progress),
-                key_file=pseudonym_key,
-            )
+        with ray_cluster(ray) as cluster:
+            if cluster is not None:
+                console.print(cluster.description)
+            with make_progress("files") as progress:
+                result = run_scan(
+                    root,
+                    out,
+                    config,
+                    workers=workers,
+                    on_progress=ProgressBars(progress),
+                    key_file=pseudonym_key,
+                    map_files=cluster.map_files if cluster is not None else None,
+                )
     console.print(emphasised("layout: ", result.layout_explained))
     for line in result.layout_warnings:
         console.print(warning(line))
@@ -244,7 +267,8 @@ def embed(
         int,
         typer.Option(
             help="Worker processes (-1: one per core). On a CPU each decodes and embeds batches "
-            "of its own on one thread; on CUDA they decode for the GPU. 0: all in this process.",
+            "of its own on one thread; on CUDA they decode for the GPU. 0: all in this process. "
+            "With --ray: model actors (-1: one per GPU of the cluster, else one per CPU).",
             min=-1,
         ),
     ] = -1,
@@ -252,6 +276,7 @@ def embed(
     checkpoint_every: Annotated[
         int, typer.Option(help="Save finished embeddings every N images (resume point).", min=1)
     ] = 2048,
+    ray: RayOption = None,
 ) -> None:
     """Embed every kept image of MANIFESTS/scan.parquet into MANIFESTS/embeddings.parquet.
 
@@ -261,17 +286,21 @@ def embed(
     with clean_errors():
         config = EmbedConfig(layer=layer, image_size=image_size, resize=resize, weights=weights)
         try:
-            with make_progress("img") as progress:
-                result = embed_manifest(
-                    manifests,
-                    config,
-                    root=root,
-                    device=device,
-                    batch_size=batch_size or None,
-                    workers=None if workers < 0 else workers,
-                    checkpoint_every=checkpoint_every,
-                    on_progress=ProgressBars(progress),
-                )
+            with ray_cluster(ray) as cluster:
+                if cluster is not None:
+                    console.print(cluster.description)
+                with make_progress("img") as progress:
+                    result = embed_manifest(
+                        manifests,
+                        config,
+                        root=root,
+                        device=device,
+                        batch_size=batch_size or None,
+                        workers=None if workers < 0 else workers,
+                        checkpoint_every=checkpoint_every,
+                        on_progress=ProgressBars(progress),
+                        embed_files=cluster.embed_files if cluster is not None else None,
+                    )
         except KeyboardInterrupt:
             error_console.print(
                 interrupted(

@@ -4,15 +4,18 @@ Work is saved in parts as it goes (``DIR/.embeddings.parts/``), so a killed run 
 part; the next run embeds only what is missing and consolidates everything into
 ``DIR/embeddings.parquet``. What is missing is worked out before torch, the weights or the model
 are loaded (:mod:`fracture_curate.embedder`), so a run with nothing to embed takes a second.
+The model runs on this machine, or on a Ray cluster (:mod:`fracture_curate.distributed`); the
+parts and the manifest are written here either way.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,9 @@ from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import check_device_name, core_workers, resolve_device
 from fracture_curate.schema import EMBEDDING_COLUMNS
 from fracture_curate.weights import IMAGENET, weights_sha256
+
+if TYPE_CHECKING:
+    from fracture_curate.embedder import EmbeddedBatch
 
 MODEL = "torchvision.mobilenet_v2"
 #: Embedding width of each layer that can be read.
@@ -89,6 +95,31 @@ class EmbedResult:
     device: str | None = None  #: where this run embedded ("cpu (fp32)"); None: nothing to embed
 
 
+@dataclass(frozen=True)
+class ModelRun:
+    """The embedder at work on a list of files."""
+
+    #: Batches as they are done, in any order: indices into the files, vectors, failures.
+    batches: Generator[EmbeddedBatch, None, None]
+    weights_source: str  #: where the weights were found ("offline-package", ...)
+    device: str  #: where it runs, with its precision ("cpu (fp32)")
+
+
+class FileEmbedder(Protocol):
+    """Starts the embedder on files: :func:`embed_locally` on this machine,
+    :meth:`fracture_curate.distributed.RayCluster.embed_files` on a Ray cluster."""
+
+    def __call__(
+        self,
+        files: list[ScannedFile],
+        config: EmbedConfig,
+        *,
+        device: str,
+        batch_size: int | None,
+        workers: int | None,
+    ) -> ModelRun: ...
+
+
 def embed_manifest(
     directory: str | Path,
     config: EmbedConfig = EmbedConfig(),
@@ -99,6 +130,7 @@ def embed_manifest(
     workers: int | None = None,
     checkpoint_every: int = 2048,
     on_progress: ProgressCallback | None = None,
+    embed_files: FileEmbedder | None = None,
 ) -> EmbedResult:
     """Embed every kept image of ``DIR/scan.parquet`` that has no embedding yet.
 
@@ -108,9 +140,12 @@ def embed_manifest(
         root: the dataset folder, when it moved since the scan.
         device: "auto", "cpu", "cuda" or "cuda:N".
         batch_size: images per batch (default: 4 on a CPU, 256 on CUDA).
-        workers: loader processes (default: one per core).
+        workers: loader processes (default: one per core); on Ray, model actors.
         checkpoint_every: images between saved parts (the resume points).
         on_progress: progress callback, phase "embedding".
+        embed_files: where the model runs (default :func:`embed_locally`; a Ray cluster's
+            :meth:`~fracture_curate.distributed.RayCluster.embed_files`). Whatever runs it,
+            this process saves the vectors in the same parts and writes the same manifest.
     """
     directory = Path(directory)
     check_device_name(device)
@@ -136,17 +171,19 @@ def embed_manifest(
             source = previous.provenance["params"]["weights_source"] if previous else "earlier run"
             params = identity | {"weights_source": source}
         else:
-            params, failed, used = _embed_into_parts(
-                scanned_files(todo, dataset_root(scan_provenance, root), window),
+            files = scanned_files(todo, dataset_root(scan_provenance, root).absolute(), window)
+            run = (embed_files or embed_locally)(
+                files, config, device=device, batch_size=batch_size, workers=workers
+            )
+            params, failed = _embed_into_parts(
+                files,
                 parts,
-                config,
+                run,
                 identity,
-                device=device,
-                batch_size=batch_size,
-                workers=workers,
                 checkpoint_every=checkpoint_every,
                 on_batch=phase.advance,
             )
+            used = run.device
 
         frame = pd.concat([done, parts.read_new(identity)], ignore_index=True)
         frame = kept[["image_id"]].merge(frame.drop_duplicates("image_id"), on="image_id")
@@ -171,27 +208,19 @@ def embed_manifest(
     )
 
 
-def _embed_into_parts(
+def embed_locally(
     files: list[ScannedFile],
-    parts: PartStore,
     config: EmbedConfig,
-    identity: dict[str, Any],
     *,
     device: str,
     batch_size: int | None,
     workers: int | None,
-    checkpoint_every: int,
-    on_batch: Callable[[int], None],
-) -> tuple[dict[str, Any], dict[str, Failure], str]:
-    """Load the model, embed ``files`` and save the vectors in a part every ``checkpoint_every``
-    images. Returns the run's parameters, the failures (image id -> (status, reason)) and the
-    device it ran on, with its precision. ``on_batch(n)`` is called as each batch of ``n``
-    images is done."""
+) -> ModelRun:
+    """Load the model on this machine and start it on ``files`` (a :class:`FileEmbedder`)."""
     from fracture_curate.embedder import default_batch_size, embed_files, load_embedder  # torch
 
     torch_device = resolve_device(device)
     model, weights_source = load_embedder(config.weights, config.layer, torch_device)
-    params = identity | {"weights_source": weights_source}
     batches = embed_files(
         model,
         ImageFiles(files, config.image_size, config.resize),
@@ -199,23 +228,41 @@ def _embed_into_parts(
         batch_size=batch_size or default_batch_size(torch_device.type == "cuda"),
         workers=core_workers() if workers is None else workers,
     )
+    precision = "bf16" if torch_device.type == "cuda" else "fp32"
+    return ModelRun(batches, weights_source, f"{torch_device} ({precision})")
+
+
+def _embed_into_parts(
+    files: list[ScannedFile],
+    parts: PartStore,
+    run: ModelRun,
+    identity: dict[str, Any],
+    *,
+    checkpoint_every: int,
+    on_batch: Callable[[int], None],
+) -> tuple[dict[str, Any], dict[str, Failure]]:
+    """Save the vectors of ``run`` in a part every ``checkpoint_every`` images as its batches
+    come. Returns the run's parameters and the failures (image id -> (status, reason)), in the
+    order of ``files``. ``on_batch(n)`` is called as each batch of ``n`` images is done; the
+    run is stopped, its workers freed, however this ends."""
+    params = identity | {"weights_source": run.weights_source}
     image_ids = [file.image_id for file in files]
-    failed: dict[str, Failure] = {}
+    failures: dict[int, Failure] = {}
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
-    for indices, vectors, failures in batches:
-        failed.update({image_ids[index]: failure for index, failure in failures.items()})
-        if indices:
-            pending_ids.extend(image_ids[index] for index in indices)
-            pending_vectors.append(vectors)
-        if len(pending_ids) >= checkpoint_every:
-            parts.write(pending_ids, np.concatenate(pending_vectors), params)
-            pending_ids, pending_vectors = [], []
-        on_batch(len(indices) + len(failures))
+    with closing(run.batches) as batches:
+        for indices, vectors, batch_failures in batches:
+            failures.update(batch_failures)
+            if indices:
+                pending_ids.extend(image_ids[index] for index in indices)
+                pending_vectors.append(vectors)
+            if len(pending_ids) >= checkpoint_every:
+                parts.write(pending_ids, np.concatenate(pending_vectors), params)
+                pending_ids, pending_vectors = [], []
+            on_batch(len(indices) + len(batch_failures))
     if pending_ids:
         parts.write(pending_ids, np.concatenate(pending_vectors), params)
-    precision = "bf16" if torch_device.type == "cuda" else "fp32"
-    return params, failed, f"{torch_device} ({precision})"
+    return params, {image_ids[index]: failures[index] for index in sorted(failures)}
 
 
 def embeddings_table(frame: pd.DataFrame, dim: int) -> pa.Table:

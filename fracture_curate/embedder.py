@@ -145,10 +145,13 @@ def embed_files(
             yield forward_batch(model, batch, device)
 
 
-def load_embedder(weights: str, layer: str, device: torch.device) -> tuple[nn.Module, str]:
+def load_embedder(
+    weights: str, layer: str, device: torch.device, *, allow_download: bool = True
+) -> tuple[nn.Module, str]:
     """The embedder with ``weights`` ("imagenet", "random" or a path) found, verified and loaded,
-    ready for inference on ``device``; and where the weights came from."""
-    resolved = resolve_weights(weights)
+    ready for inference on ``device``; and where the weights came from. Without
+    ``allow_download`` (Ray workers), weights that are not installed are an error."""
+    resolved = resolve_weights(weights, allow_download=allow_download)
     if device.type == "cpu":
         retain_freed_memory()  # steadies CPU forward passes
     with torch.random.fork_rng():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -102,6 +102,12 @@ class ScanConfig:
             raise ConfigError("layout 'csv' needs --labels FILE")
         if self.patient_pattern is not None:
             compile_patient_pattern(self.patient_pattern)
+
+
+#: Runs the per-file function over paths relative to a root (absolute) and yields each file's
+#: row as it is done, in any order: :func:`_map` on this machine's cores by default,
+#: :meth:`fracture_curate.distributed.RayCluster.map_files` on a Ray cluster.
+FileMapper = Callable[[Callable[[str], dict[str, Any]], list[str], Path], Iterable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -297,15 +303,17 @@ def scan_dataset(
     exclude: Sequence[Path] = (),
     on_progress: ProgressCallback | None = None,
     key: bytes | None = None,
+    map_files: FileMapper | None = None,
 ) -> ScanResult:
     """Scan every file under ``root`` into a table, one row per file.
 
     ``key`` pseudonymises the patient, study and series a DICOM header names
     (:mod:`fracture_curate.pseudonyms`); without one these are not read.
 
-    ``workers`` processes inspect the files (default: one per core); ``exclude`` folders are not
-    walked. Links out of the root, folders that cannot be listed and names that are not UTF-8
-    are rows with a status too (see :mod:`fracture_curate.dataset_files`).
+    ``workers`` processes inspect the files (default: one per core), or ``map_files`` runs
+    the inspection elsewhere (a Ray cluster); the table is the same. ``exclude`` folders are
+    not walked. Links out of the root, folders that cannot be listed and names that are not
+    UTF-8 are rows with a status too (see :mod:`fracture_curate.dataset_files`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -323,7 +331,13 @@ def scan_dataset(
 
     phase = Phase(on_progress, "scanning", len(listed.files) + len(listed.skipped))
     rows = {}
-    for row in _map(partial(inspect_file, root, config=config, key=key), readable, workers):
+    absolute = root.absolute()  # the inspection may run in other folders, on other machines
+    inspect = partial(inspect_file, absolute, config=config, key=key)
+    if map_files is None:
+        inspected = _map(inspect, readable, workers)
+    else:
+        inspected = map_files(inspect, readable, absolute)
+    for row in inspected:
         rows[row["path"]] = row
         phase.advance()
     for path in [path for path in listed.files if not is_utf8(path)]:
@@ -456,8 +470,10 @@ def run_scan(
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
     key_file: str | Path | None = None,
+    map_files: FileMapper | None = None,
 ) -> ScanResult:
-    """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned).
+    """Scan ``root`` and write ``directory/scan.parquet`` (the output folder is never scanned);
+    ``map_files`` inspects the files elsewhere, as :func:`scan_dataset` says.
 
     DICOM identifiers are pseudonymised with :func:`~fracture_curate.pseudonyms.dataset_key`'s
     key (``key_file``, the environment, or one kept beside the manifests, made by the first scan
@@ -472,6 +488,7 @@ def run_scan(
             exclude=[Path(directory)],
             on_progress=on_progress,
             key=key,
+            map_files=map_files,
         )
         if new_key and (result.frame["format"] == DICOM_FORMAT).any():
             keep_key(directory, key)
@@ -555,7 +572,8 @@ def _unlisted_row(path: str, status: str, reason: str) -> dict[str, Any]:
 
 
 def _map(function: Any, items: list[str], workers: int | None) -> Iterator[dict[str, Any]]:
-    """``map`` over processes (in order), or in this process when one worker is asked for."""
+    """``map`` over processes (in order), or in this process when one worker is asked for:
+    the default :data:`FileMapper`."""
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(items) < 2:
         yield from map(function, items)
