@@ -9,6 +9,8 @@ brighter) and stand-ins for other films of the same anatomy
 tissue and grain), and measures each pair's evidence: keypoints on one similarity transform
 (inliers) and their share of the ratio-test matches. Random pairs of different phantoms are the
 strangers. The thresholds (fracture_curate.geometry) should leave a wide margin between them.
+Each pair is also screened as dedupe screens it (small images, fewer keypoints): the screen's
+inliers of the pairs the full test calls copies or related must stay above the screen's bar.
 
 Each seed of ``--seeds`` draws its own phantoms (sources and strangers), other films and stranger
 pairs (the two real radiographs are the same in every seed). The evidence table pools the pairs
@@ -32,9 +34,12 @@ from fracture_curate.geometry import (
     COPY_INLIERS,
     COPY_SHARE,
     RELATED_INLIERS,
+    SCREEN_INLIERS,
+    SCREEN_KEYPOINTS,
     Features,
     image_features,
     pair_evidence,
+    screen_features,
 )
 from fracture_curate.synthetic import draw_phantom
 from fracture_curate.synthetic.planting import follow_up_film
@@ -62,20 +67,31 @@ def radiograph(name: str) -> np.ndarray:
     return np.round(window(frames[0], 0, 100, invert=monochrome1) * 255).astype(np.uint8)
 
 
-def evidence(a: Features, b: Features) -> dict[str, float]:
-    inliers, matches = pair_evidence(a, b)
-    return {"inliers": inliers, "share": inliers / max(matches, 1)}
+def features_of(image: np.ndarray) -> tuple[Features, Features]:
+    """An image's features for the full test and for the screen."""
+    return image_features(image), screen_features(image)
+
+
+def evidence(a: tuple[Features, Features], b: tuple[Features, Features]) -> dict[str, float]:
+    inliers, matches = pair_evidence(a[0], b[0])
+    screen, screen_matches = pair_evidence(a[1], b[1])
+    return {
+        "inliers": inliers,
+        "share": inliers / max(matches, 1),
+        "screen": screen,
+        "screen_share": screen / max(screen_matches, 1),
+    }
 
 
 def measure(name: str, image: np.ndarray, films: int, rng: np.random.Generator) -> list[dict]:
     """Evidence rows for one source: its copies, its other films, copies of one other film."""
-    source = image_features(image)
+    source = features_of(image)
     rows = [
-        {"source": name, "pair": "copy", "kind": kind} | evidence(image_features(copy), source)
+        {"source": name, "pair": "copy", "kind": kind} | evidence(features_of(copy), source)
         for kind, copy in copies(image).items()
     ]
     made = [follow_up_film(rng, image)[0] for _ in range(films)]
-    features = [image_features(film) for film in made]
+    features = [features_of(film) for film in made]
     rows += [
         {"source": name, "pair": "other film", "kind": "vs first"} | evidence(film, source)
         for film in features
@@ -88,7 +104,7 @@ def measure(name: str, image: np.ndarray, films: int, rng: np.random.Generator) 
     ]
     rows += [
         {"source": name, "pair": "copy", "kind": f"{kind} of a film"}
-        | evidence(image_features(copy), features[0])
+        | evidence(features_of(copy), features[0])
         for kind, copy in copies(made[0]).items()
     ]
     return rows
@@ -106,7 +122,7 @@ def measure_seed(seed: int, films: int, strangers: int, radiographs: dict) -> pd
     }
     rows = [row for name, image in sources.items() for row in measure(name, image, films, rng)]
     phantoms = [
-        image_features(
+        features_of(
             np.asarray(draw_phantom(np.random.default_rng(base + 100 + k), 384, k % 2 == 0))
         )
         for k in range(40)
@@ -141,6 +157,12 @@ def verdicts(table: pd.DataFrame) -> dict[str, float]:
         result[f"other films of {name} found related"] = float(related[of_source].mean())
     result["strangers"] = int(stranger.sum())
     result["strangers called copies or related"] = int(((called_copy | related) & stranger).sum())
+    result["copies or related the screen drops"] = int(
+        ((called_copy | related) & (table["screen"] < SCREEN_INLIERS)).sum()
+    )
+    result["strangers the screen passes"] = int(
+        (stranger & (table["screen"] >= SCREEN_INLIERS)).sum()
+    )
     return result
 
 
@@ -178,12 +200,28 @@ def main() -> None:
         inliers_max=("inliers", "max"),
         share_min=("share", "min"),
         share_max=("share", "max"),
+        screen_min=("screen", "min"),
+        screen_max=("screen", "max"),
+        screen_share_min=("screen_share", "min"),
+        screen_share_max=("screen_share", "max"),
     )
     print(f"\nevidence, pairs of {span} pooled (the ranges are the extremes of any seed):")
     print(summary.to_string(float_format=lambda v: f"{v:.2f}"))
     print(
         f"\nthresholds: copy >= {COPY_INLIERS} inliers and >= {COPY_SHARE:.0%} of matches; "
         f"related >= {RELATED_INLIERS} inliers otherwise"
+    )
+    print(
+        f"screen: half size, {SCREEN_KEYPOINTS} keypoints, full test when >= "
+        f"{SCREEN_INLIERS} inliers"
+    )
+    passed = (table["inliers"] >= RELATED_INLIERS) | (
+        (table["inliers"] >= COPY_INLIERS) & (table["share"] >= COPY_SHARE)
+    )
+    print(
+        "screen inliers of the pairs called copies or related: at least "
+        f"{table.loc[passed, 'screen'].min():.0f}; of strangers: at most "
+        f"{table.loc[table['pair'] == 'stranger', 'screen'].max():.0f}"
     )
     print(f"verdicts, median and worst seed ({span}):")
     frame = pd.DataFrame(results).T
@@ -202,6 +240,8 @@ def main() -> None:
         + describe(frame["strangers called copies or related"], seeds, False, "{:.0f}")
         + f" (of {frame['strangers'].median():.0f} a seed)"
     )
+    for column in ("copies or related the screen drops", "strangers the screen passes"):
+        print(f"{column}: " + describe(frame[column], seeds, False, "{:.0f}"))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,25 @@
-"""Similar pairs among many embeddings: exact tiled search while it is cheap, an inverted-file
-index (FAISS) beyond, with what the approximation cost measured on a sample of queries.
+"""Similar pairs and nearest neighbours among many embeddings: exact tiled search while it is
+cheap, an inverted-file index (FAISS) beyond, with what the approximation cost measured on a
+sample of queries.
 
 Exact all-pairs search grows as n^2 (79 s at 10^5 vectors on two cores, hours at 10^6). The
 inverted file clusters the vectors with k-means into about 4 sqrt(n) lists, stores them as 8-bit
 codes (a quarter of the memory and of the bytes scanned) and compares each vector only with the
 lists nearest to it (``probes`` of them). Its candidates, taken a margin below the threshold,
 are re-ranked with exact float32 cosines: it can only miss pairs, never invent one. Which pairs
-it missed is measured against exact search for a sample of query rows, and reported.
+(or neighbours) it missed is measured against exact search for a sample of query rows, and
+reported. The rows are normalised a block at a time (:class:`~fracture_curate.vectors.UnitRows`),
+so memory is the vectors once, in their own dtype, plus the codes: no N x N, no second N x D.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from fracture_curate.vectors import cosine_pairs, tile_rows
+from fracture_curate.vectors import UnitRows, cosine_pairs, nearest_neighbours, tile_rows
 
 #: ``--search`` values: "auto" is exact up to :data:`EXACT_LIMIT` vectors, approximate beyond.
 SEARCH_METHODS = ("auto", "exact", "approximate")
@@ -33,6 +37,8 @@ QUERY_CHUNK = 20_000
 #: largest rounding error measured on centred MobileNetV2 embeddings (0.0012, of the demo set's
 #: images and of 4,700 near copies of them), so no pair above the threshold is lost to it.
 CODE_MARGIN = 0.02
+#: What :func:`neighbour_pairs` reports its search as.
+NEIGHBOURS = "geometry neighbours"
 #: Query rows whose neighbours are also found exactly, to measure the approximation's recall.
 RECALL_QUERIES = 1_000
 
@@ -41,23 +47,25 @@ RECALL_QUERIES = 1_000
 class SearchReport:
     """How the pairs were found, and, for an approximate search, what it missed."""
 
-    method: str  #: "exact", or "approximate (IVF: L lists, P probed)"
-    recall: float | None = None  #: of exact search's pairs, on the sampled queries
+    method: str  #: "exact", or "approximate (IVF: L lists, P probed, C codes)"
+    recall: float | None = None  #: of exact search's pairs (or neighbours), on the sampled queries
     queries: int = 0  #: query rows sampled to measure it
-    exact_pairs: int = 0  #: pairs exact search finds for them
+    exact_pairs: int = 0  #: pairs (or neighbours) exact search finds for them
+    purpose: str = "similarity search"  #: what the search was for, in words
+    unit: str = "pairs"  #: what recall counts: "pairs" or "neighbours"
 
     def line(self) -> str:
         """The report in one line, for the command line."""
         if self.recall is None:
-            return f"similarity search: {self.method}"
+            return f"{self.purpose}: {self.method}"
         return (
-            f"similarity search: {self.method}; it found {self.recall:.3f} of the "
-            f"{self.exact_pairs:,} pairs exact search finds for {self.queries:,} sampled rows"
+            f"{self.purpose}: {self.method}; it found {self.recall:.3f} of the "
+            f"{self.exact_pairs:,} {self.unit} exact search finds for {self.queries:,} sampled rows"
         )
 
 
 def similar_pairs(
-    unit: np.ndarray,
+    rows: UnitRows | np.ndarray,
     threshold: float,
     *,
     search: str = "auto",
@@ -69,40 +77,115 @@ def similar_pairs(
 
     ``search`` is "exact" (tiled, :func:`~fracture_curate.vectors.cosine_pairs`),
     "approximate" (an inverted file probed ``probes`` lists deep) or "auto" (exact up to
-    :data:`EXACT_LIMIT` rows).
+    :data:`EXACT_LIMIT` rows). ``rows`` is a :class:`~fracture_curate.vectors.UnitRows` or an
+    array of unit rows.
     """
-    if search not in SEARCH_METHODS:
-        raise ValueError(f"unknown search {search!r}; choose one of {', '.join(SEARCH_METHODS)}")
-    exact = search == "exact" or (search == "auto" and len(unit) <= EXACT_LIMIT)
-    if exact:
-        found = list(cosine_pairs(unit, threshold, block=block))
+    rows = _unit_rows(rows)
+    if _exact(search, len(rows)):
+        found = list(cosine_pairs(rows.dense(), threshold, block=block))
         i, j, cosine = (
             (np.concatenate([part[k] for part in found]) for k in range(3))
             if found
             else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
         )
         return i, j, cosine, SearchReport("exact")
-    i, j, cosine, lists = _inverted_file_pairs(unit, threshold, probes, seed)
-    report = _recall(unit, threshold, i, j, seed)
-    method = f"approximate (IVF: {lists:,} lists, {min(probes, lists)} probed)"
-    return i, j, cosine, SearchReport(method, report[0], report[1], report[2])
+    index, method = _inverted_file(rows, probes, seed)
+    lefts, rights = [], []
+    for start, queries in _blocks(rows, QUERY_CHUNK):
+        limits, _, neighbours = index.range_search(queries, threshold - CODE_MARGIN)
+        found = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
+        other = found != neighbours
+        lefts.append(np.minimum(found, neighbours)[other])
+        rights.append(np.maximum(found, neighbours)[other])
+    del index
+    i, j = _each_pair_once(np.concatenate(lefts), np.concatenate(rights), len(rows))
+    cosine = rows.cosines(i, j)  # exact re-ranking of the candidates
+    keep = cosine >= threshold
+    i, j, cosine = i[keep], j[keep], cosine[keep]
+    recall, queries, exact = _range_recall(rows, threshold, i, j, seed)
+    return i, j, cosine, SearchReport(method, recall, queries, exact)
 
 
-def _inverted_file_pairs(
-    unit: np.ndarray, threshold: float, probes: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The pairs an inverted-file range search finds, re-ranked exactly, each once with
-    ``i < j``; and its number of lists."""
+def neighbour_pairs(
+    rows: UnitRows | np.ndarray,
+    k: int,
+    floor: float,
+    *,
+    search: str = "auto",
+    probes: int = 8,
+    block: int = 1024,
+    seed: int = 0,
+    recall_queries: int = RECALL_QUERIES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, SearchReport]:
+    """Each row's ``k`` most similar other rows with cosine >= ``floor``, as pairs ``i < j``
+    (each once): ``(i, j, cosine, how)``.
+
+    Exact (:func:`~fracture_curate.vectors.nearest_neighbours`) or through an inverted file as
+    :func:`similar_pairs` chooses. An approximate search ranks by float16 codes (their
+    cosines, within about 1e-3 of the exact ones, are those returned) and reports the share of
+    exact search's neighbours it found for ``recall_queries`` sampled rows.
+    """
+    rows = _unit_rows(rows)
+    if _exact(search, len(rows)):
+        found = nearest_neighbours(rows.dense(), k, floor, block)
+        return (*found, SearchReport("exact", purpose=NEIGHBOURS))
+    n, k = len(rows), min(k, len(rows) - 1)
+    if k < 1:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float32), SearchReport("exact", purpose=NEIGHBOURS)
+    # Half-precision codes: 8-bit ones reorder near ties enough to miss 4% of the neighbours.
+    index, method = _inverted_file(rows, probes, seed, half_precision=True)
+    neighbours = np.empty((n, k), dtype=np.int64)
+    cosines = np.empty((n, k), dtype=np.float32)
+    for start, queries in _blocks(rows, QUERY_CHUNK):
+        scores, found = index.search(queries, k + 1)
+        own = found == np.arange(start, start + len(found))[:, None]
+        scores[own | (found < 0)] = -np.inf  # not its own neighbour
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        neighbours[start : start + len(found)] = np.take_along_axis(found, order, axis=1)
+        cosines[start : start + len(found)] = np.take_along_axis(scores, order, axis=1)
+    del index
+    left, right, cosine = np.repeat(np.arange(n), k), neighbours.ravel(), cosines.ravel()
+    near = cosine >= floor
+    recall, queries, exact = _neighbour_recall(
+        rows, neighbours, near.reshape(n, k), k, floor, seed, recall_queries
+    )
+    low, high = np.minimum(left, right)[near], np.maximum(left, right)[near]
+    _, first = np.unique(low * n + high, return_index=True)
+    report = SearchReport(method, recall, queries, exact, NEIGHBOURS, "neighbours")
+    return low[first], high[first], cosine[near][first], report
+
+
+def _unit_rows(rows: UnitRows | np.ndarray) -> UnitRows:
+    return rows if isinstance(rows, UnitRows) else UnitRows(np.asarray(rows))
+
+
+def _exact(search: str, n: int) -> bool:
+    if search not in SEARCH_METHODS:
+        raise ValueError(f"unknown search {search!r}; choose one of {', '.join(SEARCH_METHODS)}")
+    return search == "exact" or (search == "auto" and n <= EXACT_LIMIT)
+
+
+def _blocks(rows: UnitRows, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, unit rows)`` a block of ``size`` rows at a time."""
+    for start in range(0, len(rows), size):
+        yield start, rows.take(slice(start, start + size))
+
+
+def _inverted_file(
+    rows: UnitRows, probes: int, seed: int, *, half_precision: bool = False
+) -> tuple[object, str]:
+    """An inverted file of every row as 8-bit codes (or float16), probed ``probes`` lists deep;
+    and its description."""
     import faiss  # loaded only for sets this large
 
-    unit = np.ascontiguousarray(unit, dtype=np.float32)
-    n, dim = unit.shape
+    n, dim = rows.vectors.shape
     lists = max(1, min(int(LISTS_PER_ROOT * np.sqrt(n)), n // 8))
     index = faiss.IndexIVFScalarQuantizer(
         faiss.IndexFlatIP(dim),
         dim,
         lists,
-        faiss.ScalarQuantizer.QT_8bit,
+        faiss.ScalarQuantizer.QT_fp16 if half_precision else faiss.ScalarQuantizer.QT_8bit,
         faiss.METRIC_INNER_PRODUCT,
     )
     index.cp.niter = KMEANS_ITERATIONS
@@ -110,48 +193,87 @@ def _inverted_file_pairs(
     index.cp.min_points_per_centroid = 1
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * lists), replace=False)
-    index.train(unit[np.sort(sample)])
-    index.add(unit)
+    index.train(rows.take(np.sort(sample)))
+    for _, block in _blocks(rows, QUERY_CHUNK):
+        index.add(block)
     index.nprobe = min(probes, lists)
-    lefts, rights = [], []
-    for start in range(0, n, QUERY_CHUNK):
-        limits, _, neighbours = index.range_search(
-            unit[start : start + QUERY_CHUNK], threshold - CODE_MARGIN
-        )
-        rows = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
-        other = rows != neighbours
-        lefts.append(np.minimum(rows, neighbours)[other])
-        rights.append(np.maximum(rows, neighbours)[other])
-    i, j = np.concatenate(lefts), np.concatenate(rights)
+    codes = "float16" if half_precision else "8-bit"
+    return index, f"approximate (IVF: {lists:,} lists, {index.nprobe} probed, {codes} codes)"
+
+
+def _each_pair_once(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     _, first = np.unique(i * n + j, return_index=True)  # found from both ends: keep one
-    i, j = i[first], j[first]
-    cosine = np.einsum("ij,ij->i", unit[i], unit[j])  # exact re-ranking of the candidates
-    keep = cosine >= threshold
-    return i[keep], j[keep], cosine[keep], lists
+    return i[first], j[first]
 
 
-def _recall(
-    unit: np.ndarray, threshold: float, i: np.ndarray, j: np.ndarray, seed: int
+def _sample(n: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    return np.sort(rng.choice(n, size=min(n, count), replace=False))
+
+
+def _similarity_tiles(rows: UnitRows, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, cosines of the query rows with rows start...)``, tiles of at most
+    TILE_ELEMENTS similarities, the queries' own cosines set to -inf."""
+    query_rows = rows.take(queries)
+    step = tile_rows(len(queries), len(rows))
+    for start, block in _blocks(rows, step):
+        similarity = query_rows @ block.T
+        own = np.nonzero((queries >= start) & (queries < start + len(block)))[0]
+        similarity[own, queries[own] - start] = -np.inf
+        yield start, similarity
+
+
+def _range_recall(
+    rows: UnitRows, threshold: float, i: np.ndarray, j: np.ndarray, seed: int
 ) -> tuple[float, int, int]:
     """Of the pairs exact search finds for a sample of query rows, the share in ``(i, j)``;
     with the sample's size and that count of pairs (a recall of 1 when there are none)."""
-    n = len(unit)
-    rng = np.random.default_rng(seed + 1)
-    queries = np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
+    queries = _sample(len(rows), RECALL_QUERIES, seed)
     exact: set[tuple[int, int]] = set()
-    step = tile_rows(n, len(queries))
-    for start in range(0, len(queries), step):
-        rows = queries[start : start + step]
-        near, columns = np.nonzero(unit[rows] @ unit.T >= threshold)
-        near = rows[near]
-        other = near != columns
-        pairs = zip(
-            np.minimum(near, columns)[other].tolist(),
-            np.maximum(near, columns)[other].tolist(),
-            strict=True,
+    for start, similarity in _similarity_tiles(rows, queries):
+        near, columns = np.nonzero(similarity >= threshold)
+        near, columns = queries[near], columns + start
+        exact.update(
+            zip(np.minimum(near, columns).tolist(), np.maximum(near, columns).tolist(), strict=True)
         )
-        exact.update(pairs)
     sampled = np.isin(i, queries) | np.isin(j, queries)
     found = set(zip(i[sampled].tolist(), j[sampled].tolist(), strict=True))
     recall = len(exact & found) / len(exact) if exact else 1.0
     return recall, len(queries), len(exact)
+
+
+def _neighbour_recall(
+    rows: UnitRows,
+    neighbours: np.ndarray,
+    near: np.ndarray,
+    k: int,
+    floor: float,
+    seed: int,
+    count: int,
+) -> tuple[float, int, int]:
+    """Of each sampled row's exact ``k`` nearest neighbours (cosine >= ``floor``), the share
+    among the neighbours found for it; with the sample's size and the count of exact
+    neighbours."""
+    queries = _sample(len(rows), count, seed)
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start, similarity in _similarity_tiles(rows, queries):
+        candidates = np.concatenate([best, similarity], axis=1)
+        columns = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
+        ids = np.concatenate(
+            [
+                best_rows,
+                np.broadcast_to(np.arange(start, start + similarity.shape[1]), similarity.shape),
+            ],
+            axis=1,
+        )
+        best = np.take_along_axis(candidates, columns, axis=1)
+        best_rows = np.take_along_axis(ids, columns, axis=1)
+    exact = best >= floor
+    found = np.where(near[queries], neighbours[queries], -1)
+    hits = sum(
+        len(set(truth[keep].tolist()) & set(mine.tolist()))
+        for truth, keep, mine in zip(best_rows, exact, found, strict=True)
+    )
+    total = int(exact.sum())
+    return (hits / total if total else 1.0), len(queries), total

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from fracture_curate.ann import SEARCH_METHODS, SearchReport, similar_pairs
+from fracture_curate.ann import SEARCH_METHODS, SearchReport, neighbour_pairs, similar_pairs
 from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
 from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.geometry import (
@@ -41,12 +41,7 @@ from fracture_curate.params import Constraints, Interval, Options, check_params
 from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
 from fracture_curate.progress import ProgressCallback
 from fracture_curate.schema import DEDUPE_COLUMNS, MATCH_KINDS, empty_columns
-from fracture_curate.vectors import (
-    centred_unit_rows,
-    embedding_matrix,
-    nearest_neighbours,
-    unit_rows,
-)
+from fracture_curate.vectors import UnitRows, embedding_matrix
 
 #: A copy is filled (its extra canvas flat fill) when its ``open_border`` is at most FILL_SHARE of
 #: the widest in its cluster and FILL_MARGIN below it. Measured on planted copies: copies turned
@@ -72,6 +67,8 @@ class DedupeConfig:
     geometry_neighbours: int = 16  #: nearest neighbours per file checked geometrically
     geometry_floor: float = 0.5  #: min plain embedding cosine for a neighbour to be checked
     geometry_threshold: int = COPY_INLIERS  #: min keypoints on one transform for a copy
+    #: screen pairs on small images first; verify at full size only those the screen passes
+    geometry_screen: bool = True
     copy_share: float = COPY_SHARE  #: min share of the matches on that transform for a copy
     related_threshold: int = RELATED_INLIERS  #: min keypoints on one transform for related films
     block: int = 2048  #: side of the similarity search's square tiles
@@ -88,6 +85,7 @@ class DedupeConfig:
         "geometry_neighbours": Interval(1, integer=True),
         "geometry_floor": Interval(-1, 1),
         "geometry_threshold": Interval(1, integer=True),
+        "geometry_screen": _FLAG,
         "copy_share": Interval(0, 1),
         "related_threshold": Interval(1, integer=True),
         "block": Interval(1, integer=True),
@@ -146,10 +144,10 @@ def find_pairs(
     root: Path | None = None,
     window: Window = DEFAULT_WINDOW,
     on_progress: ProgressCallback | None = None,
-) -> tuple[Pairs, RelatedPairs, SearchReport | None]:
+) -> tuple[Pairs, RelatedPairs, list[SearchReport]]:
     """Every matched pair among the rows of ``scan`` (positions), layer by layer, the pairs of
-    related images the geometry layer found, and how the embedding search ran (None: it did
-    not).
+    related images the geometry layer found, and how the embedding searches ran (none when
+    they did not).
 
     The geometry layer needs the images (a DICOM decoded with ``window``), so it runs only when
     ``root`` is given.
@@ -165,15 +163,15 @@ def find_pairs(
             parts.append(_layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS))
 
     if embeddings is None or len(embeddings) < 2:
-        return Pairs.concat(parts), RelatedPairs.none(), None
+        return Pairs.concat(parts), RelatedPairs.none(), []
     # Embedding cosine, and geometric verification of each file's nearest neighbours.
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
     vectors = embedding_matrix(embeddings, files["image_id"])
-    unit = centred_unit_rows(vectors)
+    centred = UnitRows.centred(vectors)
     i, j, similarity, report = similar_pairs(
-        unit,
+        centred,
         config.cosine_threshold,
         search=config.search,
         probes=config.probes,
@@ -181,15 +179,25 @@ def find_pairs(
     )
     parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
     if not config.geometry or root is None:
-        return Pairs.concat(parts), RelatedPairs.none(), report
+        return Pairs.concat(parts), RelatedPairs.none(), [report]
     # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
     # turned copy has, and ranked some sources below their copy's 10th neighbour.
-    i, j, _ = nearest_neighbours(
-        unit_rows(vectors), config.geometry_neighbours, config.geometry_floor
+    i, j, _, neighbours = neighbour_pairs(
+        UnitRows(vectors),
+        config.geometry_neighbours,
+        config.geometry_floor,
+        search=config.search,
+        probes=config.probes,
     )
-    evidence = verify_pairs(scanned_files(files, root, window), i, j, on_progress=on_progress)
+    evidence = verify_pairs(
+        scanned_files(files, root, window),
+        i,
+        j,
+        screen=config.geometry_screen,
+        on_progress=on_progress,
+    )
     copies = evidence.copies(config.geometry_threshold, config.copy_share)
-    similarity = np.einsum("ij,ij->i", unit[i[copies]], unit[j[copies]])
+    similarity = centred.cosines(i[copies], j[copies])
     parts.append(_layer_pairs(positions, i[copies], j[copies], "geometry", similarity))
     linked = evidence.related(
         config.related_threshold, config.geometry_threshold, config.copy_share
@@ -199,7 +207,8 @@ def find_pairs(
         positions[j[linked]],
         PairEvidence(evidence.inliers[linked], evidence.matches[linked]),
     )
-    return _without(Pairs.concat(parts), related, scan["image_id"]), related, report
+    pairs = _without(Pairs.concat(parts), related, scan["image_id"])
+    return pairs, related, [report, neighbours]
 
 
 def _without(pairs: Pairs, related: RelatedPairs, image_ids: pd.Series) -> Pairs:
@@ -301,11 +310,11 @@ def deduplicate(
     if ok.empty:
         return result
     root = Path(root) if root else None
-    pairs, related, report = find_pairs(
+    pairs, related, searches = find_pairs(
         ok, embeddings, config, root=root, window=window, on_progress=on_progress
     )
-    if report is not None:  # the command line says how the search ran
-        result.attrs["similarity_search"] = report.line()
+    if searches:  # the command line says how the searches ran
+        result.attrs["similarity_search"] = "\n".join(search.line() for search in searches)
 
     n = len(ok)
     n_clusters, components = connected_groups(n, pairs.left, pairs.right)

@@ -20,13 +20,21 @@ shares its source's grain, so one transform explains most of the matches. Anothe
 same anatomy (a follow-up, a second exposure) shares only the anatomy: the anatomy's landmarks
 match, but the new projection, the soft tissue and the new grain leave most matches off any
 single transform. Different images that merely look alike match in single digits.
+
+Most candidate pairs are different images, so every pair is first screened coarse-to-fine: the
+same test on small working images (:data:`SCREEN_SIDE` pixels, :data:`SCREEN_KEYPOINTS`
+keypoints, decoded at reduced size), about a fifth of the cost per image and a third per pair.
+Only the pairs whose screen puts :data:`SCREEN_INLIERS` keypoints on one transform are verified
+at full size, and only their images are decoded again. The screen only decides which pairs are
+worth the full test, never what a pair is, so it can cost recall but not precision; its bar is
+set far below what copies and other films of one anatomy reach (benchmarks/related_films.py).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,6 +68,21 @@ COPY_SHARE = 0.5
 #: transform without the share of a copy: more than twice what different phantoms reach (and
 #: 1.5 times the 8 of the closest neighbours among 15,110 candidate pairs of phantoms).
 RELATED_INLIERS = 12
+#: The screen sees each image at half the full test's working side (at least SCREEN_MIN_SIDE
+#: pixels, never enlarged): a quarter of its pixels.
+SCREEN_MIN_SIDE = 128
+SCREEN_KEYPOINTS = 200  #: strongest keypoints the screen keeps per image
+#: A pair goes on to full verification when its screen puts at least this many keypoints on one
+#: plausible transform. Measured by benchmarks/related_films.py over seeds 0-9: every pair that
+#: the full test calls a copy or related screens at 7 or more (copies of the real ankle
+#: radiograph 13, at 128 px some screened at 0), random pairs of phantoms at most 5; among the
+#: 17,797 candidates of the 1,801-file synth set, copies screen at 28 or more and 1% of the
+#: others reach 4.
+SCREEN_INLIERS = 4
+#: An image with fewer keypoints than this at the screen's size holds too little detail there to
+#: be judged (the real ankle radiograph at 256 px: 9 at 128 px, where its turned copy screens at
+#: 3): its pairs go to the full test. Phantoms at 128 px hold 62 or more.
+SCREEN_MIN_KEYPOINTS = 50
 
 
 @dataclass(frozen=True)
@@ -90,10 +113,13 @@ def working_image(pixels: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
     return np.ascontiguousarray(to_rgb8(gray)[:, :, 0])
 
 
-def image_features(pixels: np.ndarray) -> Features:
-    """SIFT keypoints of a canonical pixel array (see :mod:`fracture_curate.images`)."""
-    sift = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS, contrastThreshold=CONTRAST_THRESHOLD)
-    image = working_image(pixels)
+def image_features(
+    pixels: np.ndarray, side: int = WORK_SIDE, keypoints: int = MAX_KEYPOINTS
+) -> Features:
+    """The ``keypoints`` strongest SIFT keypoints of a canonical pixel array (see
+    :mod:`fracture_curate.images`) brought to long side ``side``."""
+    sift = cv2.SIFT_create(nfeatures=keypoints, contrastThreshold=CONTRAST_THRESHOLD)
+    image = working_image(pixels, side)
     keypoints, descriptors = sift.detectAndCompute(image, None)
     if descriptors is None:
         return Features.empty()
@@ -101,14 +127,22 @@ def image_features(pixels: np.ndarray) -> Features:
     return Features(points, descriptors.astype(np.uint8), max(image.shape))
 
 
-def file_features(file: ScannedFile) -> Features:
-    """SIFT keypoints of a scanned file; none for a file that cannot be decoded or is no longer
-    the one scanned."""
+def screen_features(pixels: np.ndarray) -> Features:
+    """The screen's keypoints: :data:`SCREEN_KEYPOINTS` of them, at half the full test's working
+    side (at least :data:`SCREEN_MIN_SIDE` pixels, never enlarged)."""
+    long_side = max(pixels.shape[:2])
+    side = max(min(long_side, WORK_SIDE) // 2, min(long_side, SCREEN_MIN_SIDE))
+    return image_features(pixels, side, SCREEN_KEYPOINTS)
+
+
+def file_features(file: ScannedFile, screen: bool = False) -> Features:
+    """SIFT keypoints of a scanned file for the full test (or the ``screen``); none for a file
+    that cannot be decoded or is no longer the one scanned."""
     try:
         loaded = file.load(draft_size=(WORK_SIDE, WORK_SIDE))
     except ImageLoadError:
         return Features.empty()
-    return image_features(loaded.pixels)
+    return screen_features(loaded.pixels) if screen else image_features(loaded.pixels)
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,47 +218,93 @@ def verify_pairs(
     left: np.ndarray,
     right: np.ndarray,
     *,
+    screen: bool = True,
     workers: int | None = None,
     chunk: int = 256,
     on_progress: ProgressCallback | None = None,
 ) -> PairEvidence:
     """The geometric evidence of each pair ``(files[left[p]], files[right[p]])``.
 
+    With ``screen`` (the default), pairs are first screened on small images and only those
+    whose screen passes (:data:`SCREEN_INLIERS`) are verified at full size; the others get no
+    evidence (0 inliers, 0 matches). Progress is reported in the phases "screening pairs" and
+    "verifying geometry".
+    """
+    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    verified = np.ones(len(left), dtype=bool)
+    if screen:
+        phase = Phase(on_progress, "screening pairs", _count_images(left, right))
+        screened = _score_pairs(files, left, right, True, screen_passes, 1, workers, chunk, phase)
+        verified = screened[:, 0].astype(bool)
+    evidence = np.zeros((len(left), 2), dtype=np.int64)
+    phase = Phase(on_progress, "verifying geometry", _count_images(left[verified], right[verified]))
+    evidence[verified] = _score_pairs(
+        files, left[verified], right[verified], False, pair_evidence, 2, workers, chunk, phase
+    )
+    return PairEvidence(evidence[:, 0], evidence[:, 1])
+
+
+def screen_passes(a: Features, b: Features) -> tuple[int]:
+    """``(1,)`` when the screen sends a pair on to the full test, else ``(0,)``: its small images
+    put :data:`SCREEN_INLIERS` keypoints on one transform, or one of them holds too little
+    detail at that size to judge (fewer than :data:`SCREEN_MIN_KEYPOINTS` keypoints)."""
+    if min(len(a.points), len(b.points)) < SCREEN_MIN_KEYPOINTS:
+        return (1,)
+    return (int(pair_evidence(a, b)[0] >= SCREEN_INLIERS),)
+
+
+def _count_images(left: np.ndarray, right: np.ndarray) -> int:
+    return len(np.unique(np.concatenate([left, right])))
+
+
+def _score_pairs(
+    files: Sequence[ScannedFile],
+    left: np.ndarray,
+    right: np.ndarray,
+    screen: bool,
+    score: Callable[[Features, Features], tuple[int, ...]],
+    width: int,
+    workers: int | None,
+    chunk: int,
+    phase: Phase,
+) -> np.ndarray:
+    """``score`` (``width`` numbers) of each pair's features (the full test's, or the
+    ``screen``'s), P x ``width``.
+
     Features are computed once per image in a pair, ``chunk`` images at a time, in an order that
     keeps the pair graph's images close together (reverse Cuthill-McKee); a pair is scored as soon
     as both of its images have features, and an image's features are dropped after its last
     pair, so memory follows the graph's locality rather than the number of images.
-    Progress is reported as images are done, in a phase "verifying geometry".
     """
-    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
-    evidence = np.zeros((len(left), 2), dtype=np.int64)
+    evidence = np.zeros((len(left), width), dtype=np.int64)
     if len(left) == 0:
-        return PairEvidence(evidence[:, 0], evidence[:, 1])
+        return evidence
     images, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
     a, b = inverse[: len(left)], inverse[len(left) :]
     order, due, last = _schedule(len(images), a, b)
     pairs_by_due, images_by_last = np.argsort(due, kind="stable"), np.argsort(last, kind="stable")
     due_sorted, last_sorted = due[pairs_by_due], last[images_by_last]
-
     features: dict[int, Features] = {}
-    phase = Phase(on_progress, "verifying geometry", len(images))
 
-    def score(pair: int) -> tuple[int, int]:
-        return pair_evidence(features[int(a[pair])], features[int(b[pair])])
+    def describe(k: int) -> Features:
+        return file_features(files[int(images[k])], screen)
+
+    def scored(pair: int) -> tuple[int, ...]:
+        return score(features[int(a[pair])], features[int(b[pair])])
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(order), chunk):
             batch = order[start : start + chunk]
-            loaded = pool.map(lambda k: file_features(files[int(images[k])]), batch)
-            features.update(zip(batch.tolist(), loaded, strict=True))
+            features.update(zip(batch.tolist(), pool.map(describe, batch), strict=True))
             low, high = np.searchsorted(due_sorted, [start, start + chunk])
             ready = pairs_by_due[low:high]
-            evidence[ready] = np.array(list(pool.map(score, ready)), dtype=np.int64).reshape(-1, 2)
+            if len(ready):
+                evidence[ready] = np.array(list(pool.map(scored, ready)), dtype=np.int64)
             low, high = np.searchsorted(last_sorted, [start, start + chunk])
             for k in images_by_last[low:high].tolist():
                 del features[k]
             phase.advance(len(batch))
-    return PairEvidence(evidence[:, 0], evidence[:, 1])
+    return evidence
 
 
 def _schedule(n: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ never builds an N x N matrix (used by dedupe, geometry, outliers and the report)
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,47 @@ def centred_unit_rows(vectors: np.ndarray) -> np.ndarray:
     MobileNetV2's pooled features are non-negative, so the raw cosine of two unrelated X-rays is
     high; centred, their cosine spreads out and copies stand apart.
     """
-    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return unit_rows(vectors.astype(np.float32) - mean)
+    return UnitRows.centred(vectors).dense()
+
+
+@dataclass(frozen=True)
+class UnitRows:
+    """The L2-normalised rows of ``vectors`` (less ``mean``, when given), made a block at a time,
+    in float32: a search over a million embeddings holds them once, in their own dtype (float16
+    halves that), never a second N x D copy."""
+
+    vectors: np.ndarray  #: N x D, any float dtype
+    mean: np.ndarray | None = None  #: D, subtracted before normalising
+
+    @classmethod
+    def centred(cls, vectors: np.ndarray) -> UnitRows:
+        """Rows less their mean (see :func:`centred_unit_rows`)."""
+        return cls(vectors, vectors.mean(axis=0, dtype=np.float64).astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def take(self, rows: slice | np.ndarray) -> np.ndarray:
+        """The unit rows ``rows`` (a slice or indices), float32."""
+        block = self.vectors[rows].astype(np.float32)
+        if self.mean is not None:
+            block -= self.mean
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        return block
+
+    def dense(self) -> np.ndarray:
+        """Every unit row at once, N x D float32 (for sets small enough to hold twice)."""
+        return self.take(slice(None))
+
+    def cosines(self, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """The exact cosine of each pair of rows ``(left[p], right[p])``."""
+        out = np.empty(len(left), dtype=np.float32)
+        for start in range(0, len(left), chunk):
+            end = start + chunk
+            out[start:end] = np.einsum(
+                "ij,ij->i", self.take(left[start:end]), self.take(right[start:end])
+            )
+        return out
 
 
 def cosine_pairs(

@@ -1,6 +1,7 @@
 """Similarity search beyond exact: the inverted file finds what exact search finds when every
-list is probed, the planted copies among 20,000 embeddings with the default probes, and says
-what it missed; dedupe says when a layer cannot run."""
+list is probed (pairs above a threshold, and each row's nearest neighbours), the planted copies
+among 20,000 embeddings with the default probes, and says what it missed; dedupe says when a
+layer cannot run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fracture_curate import ann
-from fracture_curate.ann import SearchReport, similar_pairs
-from fracture_curate.vectors import centred_unit_rows
+from fracture_curate.ann import SearchReport, neighbour_pairs, similar_pairs
+from fracture_curate.vectors import UnitRows, centred_unit_rows, nearest_neighbours
 
 
 def clustered(n: int, seed: int = 0, dim: int = 256) -> tuple[np.ndarray, set[tuple[int, int]]]:
@@ -56,6 +57,54 @@ def test_the_inverted_file_finds_the_planted_copies_among_20000_and_reports_its_
     assert report.recall >= 0.99 and report.queries == ann.RECALL_QUERIES
     line = report.line()
     assert line.startswith("similarity search: approximate (IVF: ") and "sampled rows" in line
+
+
+def exact_neighbours(unit: np.ndarray, rows: np.ndarray, k: int) -> list[set[int]]:
+    """Each of ``rows``' k nearest other rows, by brute force."""
+    similarity = unit[rows] @ unit.T
+    similarity[np.arange(len(rows)), rows] = -np.inf
+    return [set(np.argsort(-line, kind="stable")[:k].tolist()) for line in similarity]
+
+
+def test_probing_every_list_finds_the_exact_nearest_neighbours():
+    unit, _ = clustered(3_000, seed=4)
+    exact = neighbour_pairs(unit, 8, -1.0, search="exact")
+    assert exact[3] == SearchReport("exact", purpose="geometry neighbours")
+    i, j, cosine, report = neighbour_pairs(unit, 8, -1.0, search="approximate", probes=10_000)
+    expected, found = pair_set(*exact[:2]), pair_set(i, j)
+    assert (i < j).all() and len(found) == len(i)
+    assert len(found & expected) >= 0.999 * len(expected)
+    np.testing.assert_allclose(cosine, np.einsum("ij,ij->i", unit[i], unit[j]), atol=2e-3)
+    assert report.unit == "neighbours" and report.recall >= 0.999
+    assert "float16 codes" in report.method and "neighbours exact search finds" in report.line()
+
+
+@pytest.mark.slow
+def test_approximate_neighbours_hold_the_planted_copies_and_report_their_true_recall():
+    """Among 20,000 rows, the default probes find each planted copy among its source's
+    neighbours; the recall the search reports is the one measured here by brute force."""
+    unit, planted = clustered(20_000, seed=5)
+    i, j, _, report = neighbour_pairs(UnitRows(unit), 16, 0.0, search="approximate")
+    assert planted <= pair_set(i, j)
+    queries = np.sort(np.random.default_rng(1).choice(len(unit), ann.RECALL_QUERIES, replace=False))
+    truth = exact_neighbours(unit, queries, 16)
+    found = [set() for _ in queries]
+    position = {int(q): n for n, q in enumerate(queries)}
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        for query, other in ((a, b), (b, a)):
+            if query in position:
+                found[position[query]].add(other)
+    hits = sum(len(t & f) for t, f in zip(truth, found, strict=True))
+    assert report.queries == ann.RECALL_QUERIES and report.exact_pairs == 16 * len(queries)
+    assert 0.98 <= report.recall <= hits / report.exact_pairs  # found from either end counts
+
+
+def test_exact_neighbours_search_is_the_tiled_one():
+    unit, _ = clustered(400, seed=6)
+    expected = nearest_neighbours(unit, 5, 0.1)
+    found = neighbour_pairs(unit, 5, 0.1)
+    for a, b in zip(expected, found[:3], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_auto_is_exact_up_to_the_limit(monkeypatch):

@@ -276,11 +276,9 @@ def test_geometry_checks_even_a_set_of_two_and_reports_its_progress(tmp_path):
         )
     )
     assert result.loc["b.png", "match_kind"] == "geometry"
-    assert calls[0][:3] == ("verifying geometry", 0, 2) and calls[-1][:3] == (
-        "verifying geometry",
-        2,
-        2,
-    )
+    phases = [call[:3] for call in calls]
+    assert phases[0] == ("screening pairs", 0, 2) and ("screening pairs", 2, 2) in phases
+    assert phases[-1] == ("verifying geometry", 2, 2)
 
 
 def test_the_geometry_layer_finds_a_turned_copy_only_when_on(tmp_path):
@@ -299,6 +297,14 @@ def test_the_geometry_layer_finds_a_turned_copy_only_when_on(tmp_path):
     assert on.filter(like="other", axis=0)["cluster_size"].eq(1).all()
     off = by_path(deduplicate(scan, embeddings, DedupeConfig(geometry=False), root=tmp_path))
     assert off.loc["b.png", "cluster_size"] == 1 and "geometry" not in set(off["match_kind"])
+    unscreened = DedupeConfig(geometry_screen=False)
+    every_pair = by_path(deduplicate(scan, embeddings, unscreened, root=tmp_path))
+    pd.testing.assert_frame_equal(every_pair, on)
+    approximate = deduplicate(scan, embeddings, DedupeConfig(search="approximate"), root=tmp_path)
+    pd.testing.assert_frame_equal(by_path(approximate), on)
+    searches = approximate.attrs["similarity_search"].splitlines()
+    assert [line.split(":")[0] for line in searches] == ["similarity search", "geometry neighbours"]
+    assert all("approximate (IVF" in line for line in searches)
 
 
 def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_path, monkeypatch):
@@ -306,7 +312,7 @@ def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_p
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # neighbours, no cosine match
     checked = {}
 
-    def verify(files, i, j, on_progress=None):
+    def verify(files, i, j, screen=True, on_progress=None):
         """Keypoints on one transform: exactly the threshold for the first pair, one fewer for
         the rest; every match on the transform."""
         found = np.full(len(i), config.geometry_threshold - 1)
@@ -486,7 +492,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     scan, embeddings = three_phantoms(tmp_path, first=40, seed=3)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
-    def verify(files, i, j, on_progress=None):
+    def verify(files, i, j, screen=True, on_progress=None):
         """Every pair 40 keypoints on one transform: the first of 80 matches (a copy at the
         default share of one half), the others of 81 (another film)."""
         matches = np.full(len(i), 81)
@@ -499,7 +505,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
     assert frame["is_kept"].sum() == 2
 
-    def verify_one(files, i, j, on_progress=None):
+    def verify_one(files, i, j, screen=True, on_progress=None):
         """The first pair 40 of 80 matches on one transform, the others too few to relate."""
         inliers = np.full(len(i), 5)
         inliers[0] = 40
@@ -515,7 +521,7 @@ def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, m
     scan, embeddings = three_phantoms(tmp_path, first=50, seed=4)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
-    def verify(files, i, j, on_progress=None):
+    def verify(files, i, j, screen=True, on_progress=None):
         """The first pair exactly the related threshold of keypoints, the rest one fewer; almost
         every match on the transform, but too few keypoints for a copy."""
         inliers = np.full(len(i), config.related_threshold - 1)

@@ -8,6 +8,7 @@ import pytest
 from helpers import save_gray, scanned
 from PIL import Image
 
+from fracture_curate import geometry
 from fracture_curate.geometry import RELATED_INLIERS, verify_pairs
 from fracture_curate.images import to_rgb8
 from fracture_curate.synthetic import draw_phantom
@@ -149,3 +150,30 @@ def test_candidates_in_tiles_bounded_by_memory_equal_brute_force(monkeypatch):
     assert tile_rows(150, 1024) == 2
     i, j, _ = nearest_neighbours(unit, 4, -1.0)
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_candidates(unit, 4, -1.0)
+
+
+def test_the_screen_keeps_every_verdict_and_spares_the_full_test_for_strangers(
+    phantoms, monkeypatch
+):
+    """Screened, every pair gets the verdict of the full test on every pair; the pairs of
+    different phantoms stop at the screen, so their images are never read at full size."""
+    n = len(phantoms)
+    left, right = np.triu_indices(n, 1)
+    full = verify_pairs(phantoms, left, right, screen=False, workers=2)
+    sides = []  # (path, screen) of each file's features
+    original = geometry.file_features
+
+    def recorded(file, screen):
+        sides.append((file.path, screen))
+        return original(file, screen)
+
+    monkeypatch.setattr(geometry, "file_features", recorded)
+    screened = verify_pairs(phantoms, left, right, workers=2)
+    assert np.array_equal(screened.copies(), full.copies())
+    assert np.array_equal(screened.related(), full.related())
+    passed = screened.matches > 0
+    strangers = (left >= 4) | (right >= 4)
+    assert not passed[strangers].any() and (full.matches[strangers] > 0).all()
+    np.testing.assert_array_equal(screened.inliers[passed], full.inliers[passed])
+    assert {path for path, screen in sides if not screen} == {phantoms[k].path for k in range(4)}
+    assert {path for path, screen in sides if screen} == {file.path for file in phantoms}
