@@ -1,15 +1,23 @@
 """The ``train`` command line: ``train --manifest ...`` trains; ``train evaluate`` evaluates a
 trained run on another curated set. Thin wrappers over :mod:`fracture_train.trainer` and
-:mod:`fracture_train.evaluate`."""
+:mod:`fracture_train.evaluate`.
+
+Training runs on several processes (DistributedDataParallel) when torchrun starts it:
+``torchrun --nproc_per_node 4 -m fracture_train.cli --manifest ...`` (or ``torchrun
+--no-python --nproc_per_node 4 train --manifest ...``); rank 0 alone prints and writes.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from fracture_curate.display import (
     ProgressBars,
@@ -20,10 +28,11 @@ from fracture_curate.display import (
     make_progress,
     warning,
 )
-from fracture_curate.errors import ConfigError
+from fracture_curate.errors import ConfigError, CurateError
 from fracture_curate.schema import SPLITS
 from fracture_train.checkpoint import BEST
 from fracture_train.config import OPTIMIZERS, SELECT_METRICS, TrainConfig
+from fracture_train.distributed import is_main_process
 from fracture_train.options import Device, Factory, Which
 
 if TYPE_CHECKING:
@@ -32,7 +41,9 @@ if TYPE_CHECKING:
     from fracture_train.predict import Ensemble
 
 app = typer.Typer(
-    help="Fine-tune and evaluate a fracture classifier on a curated split manifest.",
+    help="Fine-tune and evaluate a fracture classifier on a curated split manifest. On several "
+    "processes (DistributedDataParallel): torchrun --nproc_per_node N -m fracture_train.cli "
+    "--manifest ...; --batch-size is then per process.",
     add_completion=False,
     pretty_exceptions_enable=False,
     subcommand_metavar="[predict|evaluate|compare|leakage ARGS]",
@@ -140,7 +151,13 @@ def train(
     epochs: Annotated[
         int, typer.Option(help="Epochs to train (in total, when resuming).")
     ] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = TrainConfig.batch_size,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Images per batch, per process: under torchrun, N processes take N x this "
+            "per step (as timm counts)."
+        ),
+    ] = TrainConfig.batch_size,
     label_smoothing: Annotated[
         float, typer.Option(help="Label smoothing.")
     ] = TrainConfig.label_smoothing,
@@ -196,18 +213,27 @@ def train(
     ] = TrainConfig.show_paths,
     bootstrap: Bootstrap = TrainConfig.bootstrap,
     study_aggregate: StudyAggregate = TrainConfig.study_aggregate,
+    sync_batchnorm: Annotated[
+        bool,
+        typer.Option(
+            help="Under torchrun, batch norm over every process's share of a batch "
+            "(SyncBatchNorm; CUDA only). Alone it changes nothing."
+        ),
+    ] = TrainConfig.sync_batchnorm,
 ) -> None:
     """Train on the train rows of MANIFEST, select on val, report on test.
 
     Writes to the run folder: best/last checkpoints (safetensors) and config.json, metrics.json,
-    history.csv, predictions.parquet and PNG figures.
+    history.csv, predictions.parquet and PNG figures. Under torchrun (torchrun --nproc_per_node
+    N -m fracture_train.cli ...) N processes train together; rank 0 writes and prints.
     """
     if ctx.invoked_subcommand is not None:
         return
     from fracture_train.display import EpochPrinter
     from fracture_train.trainer import train_run  # torch loads only when needed
 
-    with clean_errors():
+    main = is_main_process()
+    with clean_errors() if main else _quiet_errors():
         if manifest is None:
             raise ConfigError("missing --manifest (see `train --help`)")
         if out is None:
@@ -251,20 +277,27 @@ def train(
             show_paths=show_paths,
             bootstrap=bootstrap,
             study_aggregate=study_aggregate,
+            sync_batchnorm=sync_batchnorm,
         )
+    # Under torchrun every process checked the same options above; rank 0 alone said what was
+    # wrong. From here on each process speaks for itself (rank 0 alone unless it fails).
+    with clean_errors() if main else _rank_errors():
         try:
-            with make_progress("img") as progress:
+            with make_progress("img") if main else nullcontext() as progress:
                 result = train_run(
                     config,
-                    on_progress=ProgressBars(progress),
-                    on_epoch=EpochPrinter(progress.console, epochs),
-                    log=progress.console.print,
+                    on_progress=ProgressBars(progress) if main else None,
+                    on_epoch=EpochPrinter(progress.console, epochs) if main else None,
+                    log=progress.console.print if main else lambda _: None,
                 )
         except KeyboardInterrupt:
-            error_console.print(
-                interrupted(f"continue with the same command plus --resume --out {out}")
-            )
+            if main:
+                error_console.print(
+                    interrupted(f"continue with the same command plus --resume --out {out}")
+                )
             raise typer.Exit(code=130) from None
+    if not main:
+        return
     _print_metrics(result.metrics, ("val", "test"))
     selection = result.metrics["selection"]
     console.print(
@@ -522,6 +555,31 @@ def _shown_predictions(frame: pd.DataFrame, ensemble: Ensemble) -> tuple[pd.Data
     return table, title
 
 
+@contextmanager
+def _quiet_errors() -> Iterator[None]:
+    """Under torchrun, a process other than rank 0 exits as :func:`clean_errors` would, without
+    repeating rank 0's message."""
+    try:
+        yield
+    except CurateError as error:
+        raise typer.Exit(code=2) from error
+
+
+@contextmanager
+def _rank_errors() -> Iterator[None]:
+    """Under torchrun, :func:`clean_errors` for a process other than rank 0: its message says
+    which process failed (it may be the only one that did)."""
+    from fracture_train.distributed import launched
+
+    try:
+        yield
+    except (CurateError, OSError) as error:
+        error_console.print(
+            Text.assemble(("error:", "bold red"), f" {error} (rank {launched().rank})")
+        )
+        raise typer.Exit(code=2) from error
+
+
 def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
     from fracture_curate.evaluation_tables import interval_note
     from fracture_train.display import absent_class_lines, metrics_tables
@@ -534,3 +592,7 @@ def _print_metrics(metrics: dict, splits: tuple[str, ...]) -> None:
             console.print(note, highlight=False)
         for line in absent_class_lines(metrics, split):
             console.print(warning(line))
+
+
+if __name__ == "__main__":  # torchrun -m fracture_train.cli
+    app()

@@ -37,6 +37,7 @@ RESUMABLE = (
     "show_paths",
     "bootstrap",
     "study_aggregate",
+    "sync_batchnorm",
 )
 _FLAG = Options((True, False))
 
@@ -78,7 +79,7 @@ class TrainConfig:
     lr_factor: float = 0.1
     plateau_patience: int = 2
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  #: per process under torchrun (timm's convention)
     label_smoothing: float = 0.0
     balance: str = "none"
     augment: str = "standard"
@@ -96,6 +97,7 @@ class TrainConfig:
     show_paths: bool = False  #: whole paths in metrics.json (by default only their last part)
     bootstrap: int = Uncertainty.bootstrap  #: see Uncertainty
     study_aggregate: str = Uncertainty.study_aggregate
+    sync_batchnorm: bool = False  #: SyncBatchNorm across the processes of a torchrun (CUDA)
 
     @property
     def uncertainty(self) -> Uncertainty:
@@ -128,6 +130,7 @@ class TrainConfig:
         "seed": Interval(0, integer=True),
         "resume": _FLAG,
         "show_paths": _FLAG,
+        "sync_batchnorm": _FLAG,
     } | Uncertainty.CONSTRAINTS
 
     def __post_init__(self) -> None:

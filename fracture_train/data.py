@@ -8,12 +8,15 @@ disk (one ``.npy`` per image, keyed by image id and size, reusable across runs).
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from fracture_curate.dataset_files import ScannedFile
@@ -24,6 +27,7 @@ from fracture_curate.model_input import Failure, ImageFiles, collate, preprocess
 from fracture_curate.progress import Phase, ProgressCallback
 from fracture_curate.runtime import default_workers, worker_init_fn
 from fracture_train.config import AUGMENT_PRESETS, CACHE_MODES
+from fracture_train.distributed import World
 from fracture_train.rows import DataError
 
 #: Share of the machine's memory that ``--cache memory`` may take.
@@ -36,6 +40,7 @@ class ImageStore:
     ``cache`` "none" decodes on every access; "memory" decodes every image once into one array;
     "disk" keeps one ``.npy`` per image under ``cache_dir/<size>px/<image_id>.npy`` (a folder
     ``<size>px-<window>`` for DICOM files decoded with another window than the default).
+    ``processes`` is how many processes of one run hold a memory cache on this machine at once.
     """
 
     def __init__(
@@ -44,6 +49,8 @@ class ImageStore:
         image_size: int,
         cache: str = "memory",
         cache_dir: Path | None = None,
+        *,
+        processes: int = 1,
     ) -> None:
         if cache not in CACHE_MODES:
             raise DataError(f"unknown cache {cache!r}; choose one of {', '.join(CACHE_MODES)}")
@@ -61,10 +68,11 @@ class ImageStore:
         if cache == "memory":
             needed = len(unique) * image_size * image_size * 3
             available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            if needed > MEMORY_CACHE_SHARE * available:
+            if needed * processes > MEMORY_CACHE_SHARE * available:
+                each = f" in each of {processes} processes" if processes > 1 else ""
                 raise DataError(
                     f"--cache memory needs {needed / 2**30:.1f} GiB for {len(unique)} images at "
-                    f"{image_size}px, more than half this machine's memory; use --cache disk"
+                    f"{image_size}px{each}, more than half this machine's memory; use --cache disk"
                 )
             self.array = np.zeros((len(unique), image_size, image_size, 3), dtype=np.uint8)
         self.filled = cache == "none"
@@ -85,13 +93,23 @@ class ImageStore:
             if self.folder is None or not self._disk_path(position).exists()
         ]
 
-    def fill(self, workers: int, on_progress: ProgressCallback | None = None) -> int:
+    def fill(
+        self,
+        workers: int,
+        on_progress: ProgressCallback | None = None,
+        *,
+        share: World | None = None,
+    ) -> int:
         """Decode the images the cache lacks (in ``workers`` processes); returns how many.
 
         A file that fails to decode is an error here, before any training starts. Progress is
-        reported in a phase "decoding".
+        reported in a phase "decoding". With ``share``, only that process's share of a disk
+        cache's missing images is decoded (the processes of a run split the work), and the store
+        is not filled until a call without it finds nothing missing.
         """
         todo = self.missing()
+        if share is not None:
+            todo = [todo[index] for index in share.shard(len(todo))]
         phase = Phase(on_progress, "decoding", len(todo))
         loader = DataLoader(
             ImageFiles([self.files[p] for p in todo], self.image_size, "stretch"),
@@ -114,7 +132,7 @@ class ImageStore:
                 f"{len(failures)} image(s) could not be decoded, e.g. "
                 f"{self.files[todo[index]].path}: {reason}"
             )
-        self.filled = True
+        self.filled = share is None or share.size == 1
         return len(todo)
 
     def __getitem__(self, position: int) -> np.ndarray:
@@ -150,10 +168,12 @@ def loader_workers(requested: int | None, on_cuda: bool, cache: str) -> int:
     return default_workers(on_cuda) if on_cuda or cache == "none" else 0
 
 
-def fill_workers(requested: int | None) -> int:
+def fill_workers(requested: int | None, processes: int = 1) -> int:
     """Decoding processes for filling a cache: ``requested``, else every core (nothing else
-    runs meanwhile)."""
-    return requested if requested is not None else os.cpu_count() or 1
+    runs meanwhile), shared among the ``processes`` of one run on this machine."""
+    if requested is not None:
+        return requested
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 class ImageDataset(Dataset):
@@ -213,6 +233,31 @@ def augmentation(preset: str, image_size: int) -> v2.Transform | None:
     return v2.Compose(steps)
 
 
+class ShardedSampler(Sampler[int]):
+    """One process's share of another sampler's order: every ``size``-th index from ``rank`` on.
+
+    Every process of a run draws the same order (their generators are seeded alike each epoch),
+    so the N processes' batches of B images at one step hold exactly the images one process
+    would take in a batch of N x B: shuffling, or drawing classes evenly, stays what it is
+    alone (torch's DistributedSampler draws an order of its own). The order is padded with its
+    own first indices to a multiple of ``size``, as DistributedSampler pads, so that every
+    process takes as many steps.
+    """
+
+    def __init__(self, sampler: Sampler[int], rank: int, size: int) -> None:
+        self.sampler, self.rank, self.size = sampler, rank, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        total = len(self) * self.size
+        while order and len(order) < total:
+            order += order[: total - len(order)]
+        return iter(order[self.rank : total : self.size])
+
+
 def make_loader(
     dataset: ImageDataset,
     *,
@@ -222,26 +267,46 @@ def make_loader(
     shuffle: bool = False,
     balanced: bool = False,
     generator: torch.Generator | None = None,
+    world: World = World(),
 ) -> DataLoader:
     """A loader of uint8 batches. Training loaders shuffle (or sample classes evenly with
-    ``balanced``) and drop a last partial batch, which would upset batch norm when tiny."""
-    sampler = None
+    ``balanced``) and drop a last partial batch, which would upset batch norm when tiny.
+
+    A training loader of a process among several (``world``) loads that process's share of
+    each batch of ``world.size x batch_size`` images (:class:`ShardedSampler`); ``generator``
+    must then be seeded alike in every process.
+    """
+    sampler: Sampler[int] | None = None
     if balanced:
         counts = np.bincount(dataset.targets)
         weights = 1.0 / counts[dataset.targets]
         sampler = WeightedRandomSampler(
             torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
         )
+    elif shuffle and world.distributed:
+        sampler = RandomSampler(dataset, generator=generator)
     training = shuffle or balanced
+    init = worker_init_fn()
+    if training and world.distributed:
+        sampler = ShardedSampler(sampler, world.rank, world.size)  # type: ignore[arg-type]
+        init = functools.partial(_seed_worker_by_rank, world.rank, init)
+    samples = len(dataset) if sampler is None else len(sampler)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and not balanced,
+        shuffle=shuffle and sampler is None,
         sampler=sampler,
         generator=generator,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=training and len(dataset) > batch_size,
+        drop_last=training and samples > batch_size,
         prefetch_factor=4 if workers else None,
-        worker_init_fn=worker_init_fn(),
+        worker_init_fn=init,
     )
+
+
+def _seed_worker_by_rank(rank: int, init: Callable[[int], None], worker_id: int) -> None:
+    """A loader worker's ``init``, then a random seed of its own: workers of every process
+    are seeded alike by their shared generator, and would augment their images alike."""
+    init(worker_id)
+    torch.manual_seed((torch.initial_seed() + rank * 1_000_003) % 2**63)

@@ -39,6 +39,7 @@ from fracture_train.data import (
     make_loader,
 )
 from fracture_train.decisions import DEFAULT_THRESHOLD, predict_labels
+from fracture_train.distributed import current, gather_predictions
 from fracture_train.engine import Placement, predict
 from fracture_train.metrics import classification_metrics
 from fracture_train.plots import plot_confusion, plot_roc
@@ -88,17 +89,24 @@ def predict_splits(
     phase: Phase | None = None,
 ) -> list[SplitPredictions]:
     """Probabilities of ``model`` for each named group of row positions; ``phase`` advances by
-    the images predicted."""
+    the images predicted.
+
+    In a process group (a torchrun), each process predicts its share of each group and every
+    process gets the whole group's predictions back, in order, as one process would make them.
+    """
     targets = rows.frame["target"].to_numpy()
+    world = current()
     results = []
     for name, positions in splits.items():
+        share = world.shard(len(positions))
         loader = make_loader(
-            ImageDataset(store, positions, targets[positions]),
+            ImageDataset(store, positions[share], targets[positions[share]]),
             batch_size=batch_size,
             workers=workers,
             pin_memory=placement.device.type == "cuda",
         )
         probs, split_targets, loss = predict(model, loader, placement, phase)
+        probs, split_targets, loss = gather_predictions(share, probs, split_targets, loss)
         results.append(SplitPredictions(name, positions, probs, split_targets, loss))
     return results
 

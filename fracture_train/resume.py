@@ -60,9 +60,13 @@ def check_resume(out: Path, run_config: RunConfig) -> None:
 
 def restore(
     out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule
-) -> tuple[LoopState, list[dict[str, Any]]]:
+) -> tuple[LoopState, list[dict[str, Any]], int]:
     """Load the last weights into ``model``, the optimizer's and the schedule's state, and return
-    the loop state and the history so far."""
+    the loop state, the history so far and how many processes trained the run (torchrun).
+
+    Every process of a run restores the same files, so all of them go on from one state (the
+    sampler's order is drawn from the seed and the epoch, so it goes on alike too).
+    """
     state = load_resume_state(out / RESUME_FILE, optimizer)
     loop = LoopState(**state["loop"])
     if weights_epoch(weights_path(out, LAST)) != loop.epoch:
@@ -74,4 +78,4 @@ def restore(
     schedule.load_state_dict(state["schedule"])
     history = pd.read_csv(out / HISTORY_FILE)
     history = history[history["epoch"] <= loop.epoch]
-    return loop, history.to_dict("records")
+    return loop, history.to_dict("records"), int(state.get("processes", 1))
