@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -89,15 +90,16 @@ def similar_pairs(
             else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
         )
         return i, j, cosine, SearchReport("exact")
-    index, method = _inverted_file(rows, probes, seed)
+    index = InvertedFile.build(rows, probes, seed)
     lefts, rights = [], []
     for start, queries in _blocks(rows, QUERY_CHUNK):
-        limits, _, neighbours = index.range_search(queries, threshold - CODE_MARGIN)
+        limits, _, neighbours = index.range_search(start, queries, threshold - CODE_MARGIN)
         found = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
         other = found != neighbours
         lefts.append(np.minimum(found, neighbours)[other])
         rights.append(np.maximum(found, neighbours)[other])
-    del index
+    method = index.method
+    del index  # its codes: a quarter (or half) of the vectors' memory
     i, j = _each_pair_once(np.concatenate(lefts), np.concatenate(rights), len(rows))
     cosine = rows.cosines(i, j)  # exact re-ranking of the candidates
     keep = cosine >= threshold
@@ -134,17 +136,18 @@ def neighbour_pairs(
         empty = np.empty(0, np.int64)
         return empty, empty, np.empty(0, np.float32), SearchReport("exact", purpose=NEIGHBOURS)
     # Half-precision codes: 8-bit ones reorder near ties enough to miss 4% of the neighbours.
-    index, method = _inverted_file(rows, probes, seed, half_precision=True)
+    index = InvertedFile.build(rows, probes, seed, half_precision=True)
     neighbours = np.empty((n, k), dtype=np.int64)
     cosines = np.empty((n, k), dtype=np.float32)
     for start, queries in _blocks(rows, QUERY_CHUNK):
-        scores, found = index.search(queries, k + 1)
+        scores, found = index.search(start, queries, k + 1)
         own = found == np.arange(start, start + len(found))[:, None]
         scores[own | (found < 0)] = -np.inf  # not its own neighbour
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         neighbours[start : start + len(found)] = np.take_along_axis(found, order, axis=1)
         cosines[start : start + len(found)] = np.take_along_axis(scores, order, axis=1)
-    del index
+    method = index.method
+    del index  # its codes: a quarter (or half) of the vectors' memory
     left, right, cosine = np.repeat(np.arange(n), k), neighbours.ravel(), cosines.ravel()
     near = cosine >= floor
     recall, queries, exact = _neighbour_recall(
@@ -172,33 +175,66 @@ def _blocks(rows: UnitRows, size: int) -> Iterator[tuple[int, np.ndarray]]:
         yield start, rows.take(slice(start, start + size))
 
 
-def _inverted_file(
-    rows: UnitRows, probes: int, seed: int, *, half_precision: bool = False
-) -> tuple[object, str]:
-    """An inverted file of every row as 8-bit codes (or float16), probed ``probes`` lists deep;
-    and its description."""
-    import faiss  # loaded only for sets this large
+@dataclass(frozen=True)
+class InvertedFile:
+    """An inverted file of unit rows, searched by those same rows: each row's nearest lists are
+    found once, where it is added, and probed again when it is the query (the coarse search
+    costs as much as the rest at 10^5 rows)."""
 
-    n, dim = rows.vectors.shape
-    lists = max(1, min(int(LISTS_PER_ROOT * np.sqrt(n)), n // 8))
-    index = faiss.IndexIVFScalarQuantizer(
-        faiss.IndexFlatIP(dim),
-        dim,
-        lists,
-        faiss.ScalarQuantizer.QT_fp16 if half_precision else faiss.ScalarQuantizer.QT_8bit,
-        faiss.METRIC_INNER_PRODUCT,
-    )
-    index.cp.niter = KMEANS_ITERATIONS
-    index.cp.seed = seed
-    index.cp.min_points_per_centroid = 1
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * lists), replace=False)
-    index.train(rows.take(np.sort(sample)))
-    for _, block in _blocks(rows, QUERY_CHUNK):
-        index.add(block)
-    index.nprobe = min(probes, lists)
-    codes = "float16" if half_precision else "8-bit"
-    return index, f"approximate (IVF: {lists:,} lists, {index.nprobe} probed, {codes} codes)"
+    index: Any  #: faiss.IndexIVFScalarQuantizer
+    probed: list[
+        tuple[np.ndarray, np.ndarray]
+    ]  #: per block of QUERY_CHUNK rows: similarities and lists
+    method: str  #: the search in words
+
+    @classmethod
+    def build(
+        cls, rows: UnitRows, probes: int, seed: int, *, half_precision: bool = False
+    ) -> InvertedFile:
+        """Every row as 8-bit codes (or float16), in about 4 sqrt(n) lists; ``probes`` deep."""
+        import faiss  # loaded only for sets this large
+        from faiss.contrib.ivf_tools import add_preassigned
+
+        n, dim = rows.vectors.shape
+        lists = max(1, min(int(LISTS_PER_ROOT * np.sqrt(n)), n // 8))
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(dim),
+            dim,
+            lists,
+            faiss.ScalarQuantizer.QT_fp16 if half_precision else faiss.ScalarQuantizer.QT_8bit,
+            faiss.METRIC_INNER_PRODUCT,
+        )
+        index.cp.niter = KMEANS_ITERATIONS
+        index.cp.seed = seed
+        index.cp.min_points_per_centroid = 1
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * lists), replace=False)
+        index.train(rows.take(np.sort(sample)))
+        index.nprobe = min(probes, lists)
+        probed = []
+        for _, block in _blocks(rows, QUERY_CHUNK):
+            similarities, nearest = index.quantizer.search(block, index.nprobe)
+            add_preassigned(index, block, np.ascontiguousarray(nearest[:, 0]))
+            probed.append((similarities, nearest))
+        codes = "float16" if half_precision else "8-bit"
+        method = f"approximate (IVF: {lists:,} lists, {index.nprobe} probed, {codes} codes)"
+        return cls(index, probed, method)
+
+    def range_search(
+        self, start: int, queries: np.ndarray, radius: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FAISS's range search of the rows ``start...`` (a block of QUERY_CHUNK)."""
+        from faiss.contrib.ivf_tools import range_search_preassigned
+
+        similarities, nearest = self.probed[start // QUERY_CHUNK]
+        return range_search_preassigned(self.index, queries, radius, nearest, similarities)
+
+    def search(self, start: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's ``k`` best of the rows ``start...`` (a block of QUERY_CHUNK)."""
+        from faiss.contrib.ivf_tools import search_preassigned
+
+        similarities, nearest = self.probed[start // QUERY_CHUNK]
+        return search_preassigned(self.index, queries, k, nearest, similarities)
 
 
 def _each_pair_once(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
