@@ -7,6 +7,7 @@ DEMO_DIR ?= demo-data
 MANIFESTS ?= manifests
 RUN ?= runs/demo
 LEAKAGE_DIR ?= leakage-data
+FASTDUP_VENV ?= .venv-fastdup
 LEAKAGE_TRAIN ?= --model mobilenetv2_100 --pretrained --epochs 6 --lr 3e-4 --batch-size 16
 
 .PHONY: demo leakage test lint format bench mutation clean-demo
@@ -81,3 +82,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dicom_decode.py
 	$(BIN)/python benchmarks/bootstrap_bench.py
 	$(BIN)/python benchmarks/predict_bench.py
+	$(BIN)/python benchmarks/million.py
+	$(BIN)/python benchmarks/dedupe_images.py
+	test -x $(FASTDUP_VENV)/bin/python || ($(PYTHON) -m venv $(FASTDUP_VENV) && \
+		$(FASTDUP_VENV)/bin/pip install --quiet fastdup==2.54)
+	$(BIN)/python benchmarks/peers.py --fastdup-python $(FASTDUP_VENV)/bin/python
