@@ -25,7 +25,7 @@ from fracture_curate.dedupe import (
 from fracture_curate.geometry import PairEvidence
 from fracture_curate.images import to_rgb8, to_uint8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
-from fracture_curate.phash import phash_distance
+from fracture_curate.phash import HASH_BITS, ORIENTATIONS, phash_distance, phash_pairs
 from fracture_curate.scan import run_scan, scan_dataset
 from fracture_curate.schema import MATCH_KINDS
 from fracture_curate.split import leakage_groups
@@ -587,3 +587,35 @@ def test_similarity_matches_between_related_films_are_vetoed_and_no_others():
     assert kept.kind.tolist() == [kinds["bytes"], kinds["embedding"], kinds["phash"]]
     untouched = _without(pairs, RelatedPairs.none(), ids)
     assert untouched.left.tolist() == pairs.left.tolist()
+
+
+def brute_force_phash_pairs(hashes, radius):
+    """Every pair i < j whose identity hash of i is within ``radius`` bits of some orientation
+    of j, with the closest distance: every pair compared in numpy."""
+    pairs = {}
+    for i in range(len(hashes)):
+        bits = np.bitwise_count(hashes[i, 0] ^ hashes[i + 1 :]).sum(axis=2).min(axis=1)
+        for offset in np.nonzero(bits <= radius)[0]:
+            pairs[(i, i + 1 + int(offset))] = int(bits[offset])
+    return pairs
+
+
+@pytest.mark.parametrize("block", [64, 65_536])
+def test_hash_pairs_are_every_pair_within_the_radius_in_some_orientation(block):
+    """Near copies planted in some orientation of another hash, up to 30 bits away: the binary
+    index finds exactly the pairs and distances a comparison of every pair finds, in blocks."""
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**63, size=(1_500, len(ORIENTATIONS), 4), dtype=np.uint64)
+    copies, sources = rng.choice(1_500, 200, replace=False), rng.integers(0, 1_500, 200)
+    for copy, source in zip(copies, sources, strict=True):
+        hashes[copy, 0] = hashes[source, rng.integers(0, len(ORIENTATIONS))]
+        for bit in rng.choice(HASH_BITS, rng.integers(0, 31), replace=False):
+            hashes[copy, 0, bit // 64] ^= np.uint64(1) << np.uint64(bit % 64)
+    expected = brute_force_phash_pairs(hashes, 24)
+    i, j, bits = (
+        np.concatenate(part) for part in zip(*phash_pairs(hashes, 24, block=block), strict=True)
+    )
+    pairs = zip(i.tolist(), j.tolist(), strict=True)
+    assert dict(zip(pairs, bits.tolist(), strict=True)) == expected
+    assert 50 < len(expected) < 200  # some planted copies fall outside the radius
+    assert (np.diff(i * len(hashes) + j) > 0).all()  # sorted by (i, j), each once
