@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fracture_curate import __version__
-from fracture_curate.ann import EXACT_LIMIT
+from fracture_curate.ann import EXACT_LIMIT, NEIGHBOUR_EXACT_LIMIT
 from fracture_curate.dedupe import DedupeConfig, leakage, run_dedupe, summarise_dedupe
 from fracture_curate.dicom import DEFAULT_WINDOW
 from fracture_curate.display import (
@@ -395,7 +395,8 @@ def dedupe(
             help="Embedding similarity search: 'exact' (every pair, grows as n^2), "
             "'approximate' (an inverted file: each image against the lists nearest it; the "
             "recall against exact search on 1,000 sampled images is printed) or 'auto' "
-            f"(exact up to {EXACT_LIMIT:,} images).",
+            f"(exact up to {EXACT_LIMIT:,} images; the geometry layer's neighbours exact up "
+            f"to {NEIGHBOUR_EXACT_LIMIT:,}).",
         ),
     ] = DedupeConfig.search,
     probes: Annotated[

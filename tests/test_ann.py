@@ -135,3 +135,13 @@ def test_dedupe_without_embeddings_says_the_geometry_layer_cannot_run(tmp_path):
         ["dedupe", "--manifests", str(tmp_path / "manifests"), "--no-embeddings", "--no-geometry"],
     )
     assert quiet.exit_code == 0 and "does not run" not in quiet.output
+
+
+def test_auto_finds_the_geometry_neighbours_exactly_up_to_their_own_limit(monkeypatch):
+    """The neighbours stay exact past the pair search's limit (the inverted file lost a quarter
+    of them on look-alike radiographs), and go approximate past their own."""
+    unit, _ = clustered(500, seed=7)
+    monkeypatch.setattr(ann, "EXACT_LIMIT", 100)
+    assert neighbour_pairs(unit, 4, 0.0)[3].method == "exact"
+    monkeypatch.setattr(ann, "NEIGHBOUR_EXACT_LIMIT", 100)
+    assert neighbour_pairs(unit, 4, 0.0)[3].method.startswith("approximate")
