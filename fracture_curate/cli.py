@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +25,9 @@ from fracture_curate.display import (
     make_progress,
     warning,
 )
-from fracture_curate.distributed import RAY_EXTRA, ray_cluster
+from fracture_curate.distributed import RAY_EXTRA, RayCluster, ray_cluster
 from fracture_curate.embed import EmbedConfig, embed_manifest
+from fracture_curate.geometry import SCREEN_INLIERS, SCREEN_KEYPOINTS
 from fracture_curate.layouts import LAYOUTS
 from fracture_curate.manifest import manifest_path, replaced_lines, written_before
 from fracture_curate.outliers import (
@@ -95,6 +98,15 @@ def wrote(directory: Path, stage: str, before: str | None, detail: str = "") -> 
     console.print(f"wrote {manifest_path(directory, stage)}{detail}")
     for line, is_warning in replaced_lines(directory, stage, before):
         console.print(warning(line) if is_warning else line)
+
+
+@contextmanager
+def _on_ray(address: str | None) -> Iterator[RayCluster | None]:
+    """:func:`~fracture_curate.distributed.ray_cluster`, saying which cluster it joined."""
+    with ray_cluster(address) as cluster:
+        if cluster is not None:
+            console.print(cluster.description)
+        yield cluster
 
 
 RayOption = Annotated[
@@ -193,19 +205,16 @@ def scan(
             window=window,
         )
         before = written_before(out, "scan")
-        with ray_cluster(ray) as cluster:
-            if cluster is not None:
-                console.print(cluster.description)
-            with make_progress("files") as progress:
-                result = run_scan(
-                    root,
-                    out,
-                    config,
-                    workers=workers,
-                    on_progress=ProgressBars(progress),
-                    key_file=pseudonym_key,
-                    map_files=cluster.map_files if cluster is not None else None,
-                )
+        with _on_ray(ray) as cluster, make_progress("files") as progress:
+            result = run_scan(
+                root,
+                out,
+                config,
+                workers=workers,
+                on_progress=ProgressBars(progress),
+                key_file=pseudonym_key,
+                map_files=cluster.map_files if cluster is not None else None,
+            )
     console.print(emphasised("layout: ", result.layout_explained))
     for line in result.layout_warnings:
         console.print(warning(line))
@@ -286,21 +295,18 @@ def embed(
     with clean_errors():
         config = EmbedConfig(layer=layer, image_size=image_size, resize=resize, weights=weights)
         try:
-            with ray_cluster(ray) as cluster:
-                if cluster is not None:
-                    console.print(cluster.description)
-                with make_progress("img") as progress:
-                    result = embed_manifest(
-                        manifests,
-                        config,
-                        root=root,
-                        device=device,
-                        batch_size=batch_size or None,
-                        workers=None if workers < 0 else workers,
-                        checkpoint_every=checkpoint_every,
-                        on_progress=ProgressBars(progress),
-                        embed_files=cluster.embed_files if cluster is not None else None,
-                    )
+            with _on_ray(ray) as cluster, make_progress("img") as progress:
+                result = embed_manifest(
+                    manifests,
+                    config,
+                    root=root,
+                    device=device,
+                    batch_size=batch_size or None,
+                    workers=None if workers < 0 else workers,
+                    checkpoint_every=checkpoint_every,
+                    on_progress=ProgressBars(progress),
+                    embed_files=cluster.embed_files if cluster is not None else None,
+                )
         except KeyboardInterrupt:
             error_console.print(
                 interrupted(
@@ -369,10 +375,11 @@ def dedupe(
     screen: Annotated[
         bool,
         typer.Option(
-            help="Screen each candidate pair on small images first (192 px, 200 keypoints) and "
-            "verify at full size only the pairs whose screen finds 4 or more keypoints on one "
-            "transform: about 2x faster here, far more on large images. --no-screen verifies "
-            "every candidate at full size.",
+            help="Screen each candidate pair on half-size images first "
+            f"({SCREEN_KEYPOINTS} keypoints) and verify at full size only the pairs whose screen "
+            f"finds {SCREEN_INLIERS} or more keypoints on one transform (or that are too plain "
+            "to judge there): 1.4x faster on 256 px phantoms, more on large images. "
+            "--no-screen verifies every candidate at full size.",
         ),
     ] = DedupeConfig.geometry_screen,
     copy_share: Annotated[
