@@ -23,7 +23,7 @@ import time
 from dedupe_scale import structured_embeddings
 from seeds import describe
 
-from fracture_curate.ann import neighbour_pairs, similar_pairs
+from fracture_curate.ann import Partition, neighbour_pairs, similar_pairs
 from fracture_curate.dedupe import DedupeConfig
 from fracture_curate.vectors import UnitRows
 
@@ -32,16 +32,23 @@ def run_one(n: int, search: str, probes: int) -> dict[str, object]:
     vectors, planted = structured_embeddings(n)
     config = DedupeConfig()
     start = time.perf_counter()
+    plain = UnitRows(vectors)
+    partition = Partition(plain, probes)  # shared, as dedupe shares it; built by the first search
     i, j, _, report = similar_pairs(
-        UnitRows.centred(vectors), config.cosine_threshold, search=search, probes=probes
+        UnitRows.centred(vectors),
+        config.cosine_threshold,
+        search=search,
+        probes=probes,
+        partition=partition,
     )
     middle = time.perf_counter()
     ni, nj, _, neighbours = neighbour_pairs(
-        UnitRows(vectors),
+        plain,
         config.geometry_neighbours,
         config.geometry_floor,
         search=search,
         probes=probes,
+        partition=partition,
     )
     end = time.perf_counter()
     found = sorted(zip(i.tolist(), j.tolist(), strict=True))

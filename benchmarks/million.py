@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from fracture_curate.ann import neighbour_pairs, similar_pairs
+from fracture_curate.ann import Partition, neighbour_pairs, similar_pairs
 from fracture_curate.dedupe import DedupeConfig
 from fracture_curate.vectors import UnitRows, tile_rows
 
@@ -108,9 +108,14 @@ def main() -> None:
     )
 
     start = time.perf_counter()
-    centred = UnitRows.centred(vectors)
+    centred, plain = UnitRows.centred(vectors), UnitRows(vectors)
+    partition = Partition(plain, args.probes)  # shared by both searches, as in dedupe
     i, j, _, report = similar_pairs(
-        centred, config.cosine_threshold, search="approximate", probes=args.probes
+        centred,
+        config.cosine_threshold,
+        search="approximate",
+        probes=args.probes,
+        partition=partition,
     )
     pairs_seconds = time.perf_counter() - start
     found = set(zip(i.tolist(), j.tolist(), strict=True))
@@ -128,13 +133,13 @@ def main() -> None:
     print(f"  peak so far {peak_gib():.2f} GiB", flush=True)
 
     start = time.perf_counter()
-    plain = UnitRows(vectors)
     ni, nj, _, neighbours = neighbour_pairs(
         plain,
         config.geometry_neighbours,
         config.geometry_floor,
         search="approximate",
         probes=args.probes,
+        partition=partition,
     )
     neighbour_seconds = time.perf_counter() - start
     print(

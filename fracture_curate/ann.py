@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -78,13 +79,15 @@ def similar_pairs(
     probes: int = 8,
     block: int = 2048,
     seed: int = 0,
+    partition: Partition | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, SearchReport]:
     """Every pair ``i < j`` of unit rows with cosine >= ``threshold``: ``(i, j, cosine, how)``.
 
     ``search`` is "exact" (tiled, :func:`~fracture_curate.vectors.cosine_pairs`),
     "approximate" (an inverted file probed ``probes`` lists deep) or "auto" (exact up to
     :data:`EXACT_LIMIT` rows). ``rows`` is a :class:`~fracture_curate.vectors.UnitRows` or an
-    array of unit rows.
+    array of unit rows. An approximate search uses the lists and probes of ``partition`` (of
+    these rows, or of others in the same order) when given, else partitions ``rows``.
     """
     rows = _unit_rows(rows)
     if _exact(search, len(rows)):
@@ -95,7 +98,7 @@ def similar_pairs(
             else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
         )
         return i, j, cosine, SearchReport("exact")
-    index = InvertedFile.build(rows, probes, seed)
+    index = InvertedFile.build(rows, partition or Partition(rows, probes, seed))
     lefts, rights = [], []
     for start, queries in _blocks(rows, QUERY_CHUNK):
         limits, _, neighbours = index.range_search(start, queries, threshold - CODE_MARGIN)
@@ -123,6 +126,7 @@ def neighbour_pairs(
     block: int = 1024,
     seed: int = 0,
     recall_queries: int = RECALL_QUERIES,
+    partition: Partition | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, SearchReport]:
     """Each row's ``k`` most similar other rows with cosine >= ``floor``, as pairs ``i < j``
     (each once): ``(i, j, cosine, how)``.
@@ -131,7 +135,7 @@ def neighbour_pairs(
     :func:`similar_pairs` chooses, but "auto" is exact up to :data:`NEIGHBOUR_EXACT_LIMIT`
     rows. An approximate search ranks by float16 codes (their cosines, within about 1e-3 of the
     exact ones, are those returned) and reports the share of exact search's neighbours it found
-    for ``recall_queries`` sampled rows.
+    for ``recall_queries`` sampled rows; it shares ``partition`` as :func:`similar_pairs` does.
     """
     rows = _unit_rows(rows)
     if _exact(search, len(rows), NEIGHBOUR_EXACT_LIMIT):
@@ -142,7 +146,8 @@ def neighbour_pairs(
         empty = np.empty(0, np.int64)
         return empty, empty, np.empty(0, np.float32), SearchReport("exact", purpose=NEIGHBOURS)
     # Half-precision codes: 8-bit ones reorder near ties enough to miss 4% of the neighbours.
-    index = InvertedFile.build(rows, probes, seed, half_precision=True)
+    partition = partition or Partition(rows, probes, seed)
+    index = InvertedFile.build(rows, partition, half_precision=True)
     neighbours = np.empty((n, k), dtype=np.int64)
     cosines = np.empty((n, k), dtype=np.float32)
     for start, queries in _blocks(rows, QUERY_CHUNK):
@@ -182,50 +187,85 @@ def _blocks(rows: UnitRows, size: int) -> Iterator[tuple[int, np.ndarray]]:
         yield start, rows.take(slice(start, start + size))
 
 
+class Partition:
+    """k-means lists of unit rows and each row's nearest lists, found once, on first use, and
+    shared by every inverted file built on it: the coarse search and k-means cost as much as
+    scanning the lists (about 150 s each at 10^6 rows), so dedupe's two searches share one
+    partition of the plain embeddings."""
+
+    def __init__(self, rows: UnitRows, probes: int, seed: int = 0) -> None:
+        self.rows, self.seed = rows, seed
+        self.lists = max(1, min(int(LISTS_PER_ROOT * np.sqrt(len(rows))), len(rows) // 8))
+        self.probes = min(probes, self.lists)
+
+    @cached_property
+    def quantizer(self) -> Any:
+        """The list centres (faiss.IndexFlatIP), k-means on a sample of TRAIN_PER_LIST rows a
+        list."""
+        import faiss  # loaded only for sets this large
+
+        n, dim = self.rows.vectors.shape
+        rng = np.random.default_rng(self.seed)
+        sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * self.lists), replace=False)
+        clustering = faiss.Clustering(dim, self.lists)
+        clustering.niter = KMEANS_ITERATIONS
+        clustering.seed = self.seed
+        clustering.min_points_per_centroid = 1
+        clustering.spherical = True  # centres of unit rows, compared by inner product
+        quantizer = faiss.IndexFlatIP(dim)
+        clustering.train(self.rows.take(np.sort(sample)), quantizer)
+        return quantizer
+
+    @cached_property
+    def probed(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per block of QUERY_CHUNK rows: the similarities and ids of each row's ``probes``
+        nearest lists, nearest first."""
+        blocks = _blocks(self.rows, QUERY_CHUNK)
+        return [self.quantizer.search(block, self.probes) for _, block in blocks]
+
+
 @dataclass(frozen=True)
 class InvertedFile:
-    """An inverted file of unit rows, searched by those same rows: each row's nearest lists are
-    found once, where it is added, and probed again when it is the query (the coarse search
-    costs as much as the rest at 10^5 rows)."""
+    """An inverted file of unit rows on a :class:`Partition`, searched by those same rows: each
+    row is stored in its nearest list and, as a query, probes the partition's nearest lists."""
 
     index: Any  #: faiss.IndexIVFScalarQuantizer
-    probed: list[
-        tuple[np.ndarray, np.ndarray]
-    ]  #: per block of QUERY_CHUNK rows: similarities and lists
+    partition: Partition
     method: str  #: the search in words
 
     @classmethod
     def build(
-        cls, rows: UnitRows, probes: int, seed: int, *, half_precision: bool = False
+        cls, rows: UnitRows, partition: Partition, *, half_precision: bool = False
     ) -> InvertedFile:
-        """Every row as 8-bit codes (or float16), in about 4 sqrt(n) lists; ``probes`` deep."""
+        """Every row as 8-bit codes (or float16) in the partition's lists. The codes are of the
+        residuals from the list centres when the partition is of these rows, else of the rows
+        themselves (the pair search's centred rows, in the lists of the plain ones)."""
         import faiss  # loaded only for sets this large
         from faiss.contrib.ivf_tools import add_preassigned
 
         n, dim = rows.vectors.shape
-        lists = max(1, min(int(LISTS_PER_ROOT * np.sqrt(n)), n // 8))
         index = faiss.IndexIVFScalarQuantizer(
-            faiss.IndexFlatIP(dim),
+            partition.quantizer,
             dim,
-            lists,
+            partition.lists,
             faiss.ScalarQuantizer.QT_fp16 if half_precision else faiss.ScalarQuantizer.QT_8bit,
             faiss.METRIC_INNER_PRODUCT,
+            partition.rows is rows,
         )
-        index.cp.niter = KMEANS_ITERATIONS
-        index.cp.seed = seed
-        index.cp.min_points_per_centroid = 1
-        rng = np.random.default_rng(seed)
-        sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * lists), replace=False)
-        index.train(rows.take(np.sort(sample)))
-        index.nprobe = min(probes, lists)
-        probed = []
-        for _, block in _blocks(rows, QUERY_CHUNK):
-            similarities, nearest = index.quantizer.search(block, index.nprobe)
+        rng = np.random.default_rng(partition.seed)
+        sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * partition.lists), replace=False)
+        index.train(rows.take(np.sort(sample)))  # the codes only: the quantizer is trained
+        index.nprobe = partition.probes
+        for (_, block), (_, nearest) in zip(
+            _blocks(rows, QUERY_CHUNK), partition.probed, strict=True
+        ):
             add_preassigned(index, block, np.ascontiguousarray(nearest[:, 0]))
-            probed.append((similarities, nearest))
         codes = "float16" if half_precision else "8-bit"
-        method = f"approximate (IVF: {lists:,} lists, {index.nprobe} probed, {codes} codes)"
-        return cls(index, probed, method)
+        method = (
+            f"approximate (IVF: {partition.lists:,} lists, {partition.probes} probed, "
+            f"{codes} codes)"
+        )
+        return cls(index, partition, method)
 
     def range_search(
         self, start: int, queries: np.ndarray, radius: float
@@ -233,14 +273,14 @@ class InvertedFile:
         """FAISS's range search of the rows ``start...`` (a block of QUERY_CHUNK)."""
         from faiss.contrib.ivf_tools import range_search_preassigned
 
-        similarities, nearest = self.probed[start // QUERY_CHUNK]
+        similarities, nearest = self.partition.probed[start // QUERY_CHUNK]
         return range_search_preassigned(self.index, queries, radius, nearest, similarities)
 
     def search(self, start: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's ``k`` best of the rows ``start...`` (a block of QUERY_CHUNK)."""
         from faiss.contrib.ivf_tools import search_preassigned
 
-        similarities, nearest = self.probed[start // QUERY_CHUNK]
+        similarities, nearest = self.partition.probed[start // QUERY_CHUNK]
         return search_preassigned(self.index, queries, k, nearest, similarities)
 
 

@@ -19,7 +19,13 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from fracture_curate.ann import SEARCH_METHODS, SearchReport, neighbour_pairs, similar_pairs
+from fracture_curate.ann import (
+    SEARCH_METHODS,
+    Partition,
+    SearchReport,
+    neighbour_pairs,
+    similar_pairs,
+)
 from fracture_curate.dataset_files import mark_problems, recheck, scanned_files
 from fracture_curate.dicom import DEFAULT_WINDOW, Window
 from fracture_curate.geometry import (
@@ -169,13 +175,16 @@ def find_pairs(
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
     vectors = embedding_matrix(embeddings, files["image_id"])
-    centred = UnitRows.centred(vectors)
+    centred, plain = UnitRows.centred(vectors), UnitRows(vectors)
+    # Approximate searches share one partition of the plain rows (built only if one needs it).
+    partition = Partition(plain, config.probes)
     i, j, similarity, report = similar_pairs(
         centred,
         config.cosine_threshold,
         search=config.search,
         probes=config.probes,
         block=config.block,
+        partition=partition,
     )
     parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
     if not config.geometry or root is None:
@@ -183,11 +192,12 @@ def find_pairs(
     # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
     # turned copy has, and ranked some sources below their copy's 10th neighbour.
     i, j, _, neighbours = neighbour_pairs(
-        UnitRows(vectors),
+        plain,
         config.geometry_neighbours,
         config.geometry_floor,
         search=config.search,
         probes=config.probes,
+        partition=partition,
     )
     evidence = verify_pairs(
         scanned_files(files, root, window),

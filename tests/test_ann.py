@@ -79,6 +79,27 @@ def test_probing_every_list_finds_the_exact_nearest_neighbours():
     assert "float16 codes" in report.method and "neighbours exact search finds" in report.line()
 
 
+def test_both_searches_on_one_partition_find_what_exact_search_finds():
+    """As dedupe runs them: the centred rows' pairs, stored in the lists of a partition of the
+    plain rows, and the plain rows' neighbours. With every list probed each equals exact
+    search; the partition is built on first use, once, and never for exact searches."""
+    plain, _ = clustered(3_000, seed=7)
+    plain_rows, centred = UnitRows(plain), UnitRows.centred(plain)
+    partition = ann.Partition(plain_rows, probes=10_000)
+    similar_pairs(centred, 0.9, search="exact", partition=partition)
+    neighbour_pairs(plain_rows, 8, -1.0, search="exact", partition=partition)
+    assert "quantizer" not in vars(partition)  # no k-means for exact searches
+
+    ei, ej, _, _ = similar_pairs(centred, 0.9, search="exact")
+    ai, aj, _, report = similar_pairs(centred, 0.9, search="approximate", partition=partition)
+    quantizer = partition.quantizer
+    assert len(ei) > 30 and pair_set(ai, aj) == pair_set(ei, ej) and report.recall == 1.0
+    expected = pair_set(*neighbour_pairs(plain_rows, 8, -1.0, search="exact")[:2])
+    i, j, _, how = neighbour_pairs(plain_rows, 8, -1.0, search="approximate", partition=partition)
+    assert len(pair_set(i, j) & expected) >= 0.999 * len(expected) and how.recall >= 0.999
+    assert partition.quantizer is quantizer and f"{partition.lists:,} lists" in how.method
+
+
 @pytest.mark.slow
 def test_approximate_neighbours_hold_the_planted_copies_and_report_their_true_recall():
     """Among 20,000 rows, the default probes find each planted copy among its source's
