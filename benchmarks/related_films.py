@@ -73,8 +73,8 @@ def features_of(image: np.ndarray) -> tuple[Features, Features]:
 
 
 def evidence(a: tuple[Features, Features], b: tuple[Features, Features]) -> dict[str, float]:
-    inliers, matches = pair_evidence(a[0], b[0])
-    screen, screen_matches = pair_evidence(a[1], b[1])
+    inliers, matches, _ = pair_evidence(a[0], b[0])
+    screen, screen_matches, _ = pair_evidence(a[1], b[1])
     return {
         "inliers": inliers,
         "share": inliers / max(matches, 1),

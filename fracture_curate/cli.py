@@ -364,8 +364,10 @@ def dedupe(
         bool,
         typer.Option(
             help="Check each file's nearest neighbours for a rotated, scaled or cropped copy "
-            "(SIFT keypoints + RANSAC); reads the images again. The neighbours come from the "
-            "embeddings: with --no-embeddings this layer cannot run (a warning says so).",
+            "(SIFT keypoints + RANSAC), and each pHash match in the orientation it matched in "
+            "(it stands only if a copy is found, or a picture is too plain to judge); reads the "
+            "images again. The neighbours come from the embeddings: with --no-embeddings this "
+            "layer cannot run (a warning says so) and pHash matches stand unchecked.",
         ),
     ] = DedupeConfig.geometry,
     geometry_threshold: Annotated[
@@ -420,7 +422,8 @@ def dedupe(
 
     Layers, cheap first: identical bytes, identical pixels, perceptual hash invariant to flips and
     90-degree rotations, embedding cosine, and a geometric check (SIFT + RANSAC) of each file's
-    nearest neighbours for crops and small rotations. The kept copy is the original when the
+    nearest neighbours for crops and small rotations, which also decides each pHash match. The
+    kept copy is the original when the
     cluster holds one: lossless over lossy, then not turned or padded (no flat fill lining its
     border), then the most pixels (not cropped or reduced), then the most grey levels.
     Clusters whose copies carry different labels are flagged as label conflicts.
@@ -445,7 +448,8 @@ def dedupe(
             error_console.print(
                 warning(
                     "the geometry layer checks each file's embedding neighbours: with "
-                    "--no-embeddings it does not run (crops and small rotations go unfound)"
+                    "--no-embeddings it does not run (crops and small rotations go unfound, "
+                    "pHash matches stand unchecked)"
                 )
             )
         before = written_before(manifests, "dedupe")

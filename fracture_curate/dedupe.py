@@ -2,8 +2,9 @@
 
 Layers: identical bytes (``image_id``); identical pixels (``pixel_sha256``); a perceptual hash that
 sees through flips and 90-degree rotations; cosine similarity of centred, L2-normalised MobileNetV2
-embeddings; geometric verification of nearest neighbours (crops, small turns). Clusters are the
-connected components of all matched pairs, and one copy of each is kept.
+embeddings; geometric verification of nearest neighbours (crops, small turns), which also decides
+each pHash match, the one picture turned back as the hash matched it. Clusters are the connected
+components of all matched pairs, and one copy of each is kept.
 
 Geometric verification also finds related images: other films of the same anatomy (a follow-up,
 a second exposure) that are not copies. They are all kept, and grouped (``related_group``) so that
@@ -158,18 +159,10 @@ def find_pairs(
     The geometry layer needs the images (a DICOM decoded with ``window``), so it runs only when
     ``root`` is given.
     """
-    parts = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
-
-    # pHash on one row per distinct picture.
-    unique_pixels = scan.drop_duplicates("pixel_sha256").dropna(subset=["phash"])
-    if len(unique_pixels) > 1:
-        positions = scan.index.get_indexer(unique_pixels.index)
-        hashes = unpack_hashes(unique_pixels["phash"].tolist())
-        for i, j, bits in phash_pairs(hashes, config.phash_radius):
-            parts.append(_layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS))
-
+    exact = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
+    hashed, turns = _phash_layer(scan, config.phash_radius)
     if embeddings is None or len(embeddings) < 2:
-        return Pairs.concat(parts), RelatedPairs.none(), []
+        return Pairs.concat([*exact, hashed]), RelatedPairs.none(), []
     # Embedding cosine, and geometric verification of each file's nearest neighbours.
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
@@ -186,9 +179,9 @@ def find_pairs(
         block=config.block,
         partition=partition,
     )
-    parts.append(_layer_pairs(positions, i, j, "embedding", similarity))
+    embedded = _layer_pairs(positions, i, j, "embedding", similarity)
     if not config.geometry or root is None:
-        return Pairs.concat(parts), RelatedPairs.none(), [report]
+        return Pairs.concat([*exact, hashed, embedded]), RelatedPairs.none(), [report]
     # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
     # turned copy has, and ranked some sources below their copy's 10th neighbour.
     i, j, _, neighbours = neighbour_pairs(
@@ -199,26 +192,48 @@ def find_pairs(
         probes=config.probes,
         partition=partition,
     )
+    # One geometric test of each neighbour pair as it is and of each pHash pair in the
+    # orientation it matched in: among thousands of look-alike radiographs, different films
+    # collide in pHash (two plain shafts, one the other's transpose), so a pHash match the
+    # test can judge is kept only when the test finds a copy.
+    left, right = (
+        np.concatenate([positions[i], hashed.left]),
+        np.concatenate([positions[j], hashed.right]),
+    )
+    rows, items = np.unique(np.concatenate([left, right]), return_inverse=True)
     evidence = verify_pairs(
-        scanned_files(files, root, window),
-        i,
-        j,
+        scanned_files(scan.iloc[rows], root, window),
+        items[: len(left)],
+        items[len(left) :],
+        orientation=np.concatenate([np.zeros(len(i), dtype=np.int64), turns]),
         screen=config.geometry_screen,
         on_progress=on_progress,
     )
     copies = evidence.copies(config.geometry_threshold, config.copy_share)
-    similarity = centred.cosines(i[copies], j[copies])
-    parts.append(_layer_pairs(positions, i[copies], j[copies], "geometry", similarity))
+    near, kept_hashes = copies[: len(i)], (copies | ~evidence.judged())[len(i) :]
+    similarity = centred.cosines(i[near], j[near])
+    verified = _layer_pairs(positions, i[near], j[near], "geometry", similarity)
+    hashed = Pairs(*(getattr(hashed, f)[kept_hashes] for f in Pairs.__dataclass_fields__))
     linked = evidence.related(
         config.related_threshold, config.geometry_threshold, config.copy_share
     )
-    related = RelatedPairs(
-        positions[i[linked]],
-        positions[j[linked]],
-        PairEvidence(evidence.inliers[linked], evidence.matches[linked]),
-    )
-    pairs = _without(Pairs.concat(parts), related, scan["image_id"])
+    related = RelatedPairs(left[linked], right[linked], evidence.take(linked))
+    pairs = _without(Pairs.concat([*exact, hashed, embedded, verified]), related, scan["image_id"])
     return pairs, related, [report, neighbours]
+
+
+def _phash_layer(scan: pd.DataFrame, radius: int) -> tuple[Pairs, np.ndarray]:
+    """The pHash matches among one row per distinct picture, and the orientation each matched
+    in (the right one turned as ``phash.ORIENTATIONS[o]`` looks like the left)."""
+    unique_pixels = scan.drop_duplicates("pixel_sha256").dropna(subset=["phash"])
+    empty = np.empty(0, dtype=np.int64)
+    found = [(empty, empty, empty, empty)]
+    if len(unique_pixels) > 1:
+        hashes = unpack_hashes(unique_pixels["phash"].tolist())
+        found += list(phash_pairs(hashes, radius))
+    i, j, bits, turns = (np.concatenate(part) for part in zip(*found, strict=True))
+    positions = scan.index.get_indexer(unique_pixels.index)
+    return _layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS), turns
 
 
 def _without(pairs: Pairs, related: RelatedPairs, image_ids: pd.Series) -> Pairs:

@@ -21,6 +21,10 @@ same anatomy (a follow-up, a second exposure) shares only the anatomy: the anato
 match, but the new projection, the soft tissue and the new grain leave most matches off any
 single transform. Different images that merely look alike match in single digits.
 
+A pair may be tested with its second image turned or mirrored first (one of pHash's 8
+orientations): a pHash match is a copy only when the test, on the picture turned back as the hash
+matched it, finds one.
+
 Most candidate pairs are different images, so every pair is first screened coarse-to-fine: the
 same test on small working images (:data:`SCREEN_SIDE` pixels, :data:`SCREEN_KEYPOINTS`
 keypoints, decoded at reduced size), about a fifth of the cost per image and a third per pair.
@@ -45,6 +49,7 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from fracture_curate.dataset_files import ScannedFile
 from fracture_curate.images import ImageLoadError, to_rgb8
+from fracture_curate.phash import ORIENTATIONS, orient
 from fracture_curate.progress import Phase, ProgressCallback
 
 WORK_SIDE = 384  #: long side, in pixels, of the grayscale image that keypoints are found in
@@ -135,14 +140,16 @@ def screen_features(pixels: np.ndarray) -> Features:
     return image_features(pixels, side, SCREEN_KEYPOINTS)
 
 
-def file_features(file: ScannedFile, screen: bool = False) -> Features:
-    """SIFT keypoints of a scanned file for the full test (or the ``screen``); none for a file
-    that cannot be decoded or is no longer the one scanned."""
+def file_features(file: ScannedFile, screen: bool = False, orientation: int = 0) -> Features:
+    """SIFT keypoints of a scanned file, turned or mirrored as ``ORIENTATIONS[orientation]``,
+    for the full test (or the ``screen``); none for a file that cannot be decoded or is no
+    longer the one scanned."""
     try:
         loaded = file.load(draft_size=(WORK_SIDE, WORK_SIDE))
     except ImageLoadError:
         return Features.empty()
-    return screen_features(loaded.pixels) if screen else image_features(loaded.pixels)
+    pixels = orient(loaded.pixels, orientation)
+    return screen_features(pixels) if screen else image_features(pixels)
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +178,21 @@ class PairEvidence:
 
     inliers: np.ndarray  #: distinct keypoints that one plausible similarity transform carries
     matches: np.ndarray  #: one-to-one descriptor matches that passed the ratio test
+    #: the fewer keypoints of the pair's two images (at the screen's size for a pair the screen
+    #: stopped); None: every pair held enough to judge
+    keypoints: np.ndarray | None = None
+
+    def judged(self, min_keypoints: int = SCREEN_MIN_KEYPOINTS) -> np.ndarray:
+        """Pairs whose two images held enough detail for the test to speak (``min_keypoints``
+        keypoints each): where it finds no copy, there is none."""
+        if self.keypoints is None:
+            return np.ones(len(self.inliers), dtype=bool)
+        return self.keypoints >= min_keypoints
+
+    def take(self, rows: np.ndarray | slice) -> PairEvidence:
+        """The evidence of some of the pairs."""
+        keypoints = None if self.keypoints is None else self.keypoints[rows]
+        return PairEvidence(self.inliers[rows], self.matches[rows], keypoints)
 
     @property
     def share(self) -> np.ndarray:
@@ -191,26 +213,28 @@ class PairEvidence:
         return (self.inliers >= min_inliers) & ~self.copies(copy_inliers, copy_share)
 
 
-def pair_evidence(a: Features, b: Features) -> tuple[int, int]:
-    """``(inliers, matches)``: the distinct keypoints of ``a`` that one plausible similarity
-    transform puts on their match, and the ratio-test matches it was fitted to."""
-    if len(a.descriptors) < 2 or len(b.descriptors) < 2:
-        return 0, 0
+def pair_evidence(a: Features, b: Features) -> tuple[int, int, int]:
+    """``(inliers, matches, keypoints)``: the distinct keypoints of ``a`` that one plausible
+    similarity transform puts on their match, the ratio-test matches it was fitted to, and the
+    fewer keypoints of the two images."""
+    keypoints = min(len(a.points), len(b.points))
+    if keypoints < 2:
+        return 0, 0, keypoints
     rows_a, rows_b = ratio_matches(a.descriptors, b.descriptors)
     if len(rows_a) < 3:
-        return 0, len(rows_a)
+        return 0, len(rows_a), keypoints
     source, target = a.points[rows_a], b.points[rows_b]
     transform, inliers = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS
     )
     if transform is None:
-        return 0, len(rows_a)
+        return 0, len(rows_a), keypoints
     scale = math.hypot(transform[0, 0], transform[1, 0]) * a.side / b.side
     rotation = math.degrees(math.atan2(transform[1, 0], transform[0, 0]))
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or abs(rotation) > MAX_ROTATION_DEGREES:
-        return 0, len(rows_a)
+        return 0, len(rows_a), keypoints
     kept = source[inliers.ravel().astype(bool)]
-    return len(np.unique(kept.round(), axis=0)), len(rows_a)
+    return len(np.unique(kept.round(), axis=0)), len(rows_a), keypoints
 
 
 def verify_pairs(
@@ -218,39 +242,48 @@ def verify_pairs(
     left: np.ndarray,
     right: np.ndarray,
     *,
+    orientation: np.ndarray | None = None,
     screen: bool = True,
     workers: int | None = None,
     chunk: int = 256,
     on_progress: ProgressCallback | None = None,
 ) -> PairEvidence:
-    """The geometric evidence of each pair ``(files[left[p]], files[right[p]])``.
+    """The geometric evidence of each pair ``(files[left[p]], files[right[p]])``, the right one
+    turned or mirrored as ``ORIENTATIONS[orientation[p]]`` (as it is, without ``orientation``).
 
     With ``screen`` (the default), pairs are first screened on small images and only those
     whose screen passes (:data:`SCREEN_INLIERS`) are verified at full size; the others get no
     evidence (0 inliers, 0 matches). Progress is reported in the phases "screening pairs" and
     "verifying geometry".
     """
-    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    # An image in one orientation is one item: file k as seen in orientation o is 8k + o.
+    left = np.asarray(left, dtype=np.int64) * len(ORIENTATIONS)
+    right = np.asarray(right, dtype=np.int64) * len(ORIENTATIONS)
+    if orientation is not None:
+        right = right + np.asarray(orientation, dtype=np.int64)
     verified = np.ones(len(left), dtype=bool)
+    evidence = np.zeros((len(left), 3), dtype=np.int64)
     if screen:
         phase = Phase(on_progress, "screening pairs", _count_images(left, right))
-        screened = _score_pairs(files, left, right, True, screen_passes, 1, workers, chunk, phase)
+        screened = _score_pairs(files, left, right, True, screen_passes, 2, workers, chunk, phase)
         verified = screened[:, 0].astype(bool)
-    evidence = np.zeros((len(left), 2), dtype=np.int64)
+        evidence[~verified, 2] = screened[~verified, 1]
     phase = Phase(on_progress, "verifying geometry", _count_images(left[verified], right[verified]))
     evidence[verified] = _score_pairs(
-        files, left[verified], right[verified], False, pair_evidence, 2, workers, chunk, phase
+        files, left[verified], right[verified], False, pair_evidence, 3, workers, chunk, phase
     )
-    return PairEvidence(evidence[:, 0], evidence[:, 1])
+    return PairEvidence(evidence[:, 0], evidence[:, 1], evidence[:, 2])
 
 
-def screen_passes(a: Features, b: Features) -> tuple[int]:
-    """``(1,)`` when the screen sends a pair on to the full test, else ``(0,)``: its small images
-    put :data:`SCREEN_INLIERS` keypoints on one transform, or one of them holds too little
-    detail at that size to judge (fewer than :data:`SCREEN_MIN_KEYPOINTS` keypoints)."""
-    if min(len(a.points), len(b.points)) < SCREEN_MIN_KEYPOINTS:
-        return (1,)
-    return (int(pair_evidence(a, b)[0] >= SCREEN_INLIERS),)
+def screen_passes(a: Features, b: Features) -> tuple[int, int]:
+    """``(passes, keypoints)``: ``passes`` is 1 when the screen sends a pair on to the full
+    test: its small images put :data:`SCREEN_INLIERS` keypoints on one transform, or one of
+    them holds too little detail at that size to judge (fewer than
+    :data:`SCREEN_MIN_KEYPOINTS` keypoints); ``keypoints`` is the fewer of the two images'."""
+    keypoints = min(len(a.points), len(b.points))
+    if keypoints < SCREEN_MIN_KEYPOINTS:
+        return 1, keypoints
+    return int(pair_evidence(a, b)[0] >= SCREEN_INLIERS), keypoints
 
 
 def _count_images(left: np.ndarray, right: np.ndarray) -> int:
@@ -269,7 +302,7 @@ def _score_pairs(
     phase: Phase,
 ) -> np.ndarray:
     """``score`` (``width`` numbers) of each pair's features (the full test's, or the
-    ``screen``'s), P x ``width``.
+    ``screen``'s), P x ``width``; ``left`` and ``right`` are items (see :func:`verify_pairs`).
 
     Features are computed once per image in a pair, ``chunk`` images at a time, in an order that
     keeps the pair graph's images close together (reverse Cuthill-McKee); a pair is scored as soon
@@ -287,7 +320,8 @@ def _score_pairs(
     features: dict[int, Features] = {}
 
     def describe(k: int) -> Features:
-        return file_features(files[int(images[k])], screen)
+        file, orientation = divmod(int(images[k]), len(ORIENTATIONS))
+        return file_features(files[file], screen, orientation)
 
     def scored(pair: int) -> tuple[int, ...]:
         return score(features[int(a[pair])], features[int(b[pair])])

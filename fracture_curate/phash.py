@@ -33,6 +33,15 @@ ORIENTATIONS = (
 _WORDS = HASH_BITS // 64
 
 
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (H x W or H x W x C) turned or mirrored as ``ORIENTATIONS[orientation]`` turns
+    an image (a view, no copy)."""
+    turned = np.rot90(pixels, (0, 1, 2, 3, 1, 0, 2, 3)[orientation])
+    if orientation >= 4:  # TRANSPOSE, FLIP_LEFT_RIGHT, FLIP_TOP_BOTTOM, TRANSVERSE: a mirror too
+        turned = turned[::-1] if orientation in (4, 7) else turned[:, ::-1]
+    return turned
+
+
 def dihedral_phash(pixels: np.ndarray) -> bytes:
     """The pHash of each of the 8 orientations of an image: 8 x 32 bytes, identity first."""
     if pixels.ndim == 2:
@@ -63,15 +72,16 @@ def phash_distance(a: bytes, b: bytes) -> int:
 
 def phash_pairs(
     hashes: np.ndarray, radius: int, *, block: int = 65_536
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Pairs ``i < j`` within ``radius`` bits in some orientation, as ``(i, j, bits)`` arrays.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Pairs ``i < j`` within ``radius`` bits in some orientation, as ``(i, j, bits,
+    orientation)`` arrays.
 
     ``hashes`` is N x 8 x 4 (see :func:`unpack_hashes`). Each row's identity hash is compared
     with every orientation of every row by FAISS's binary index (hardware popcount, every core;
     34x the numpy comparison it replaced, at 10^4 rows on two cores), ``block`` query rows at a
     time, so the results held stay small. It still compares every pair (n^2): 0.4 s at 10^4 rows,
-    about 40 s at 10^5. ``bits`` is the closest orientation's distance; pairs come sorted by
-    ``(i, j)``.
+    about 40 s at 10^5. ``bits`` is the closest orientation's distance, ``orientation`` its index in
+    :data:`ORIENTATIONS`: ``j`` turned so looks like ``i``. Pairs come sorted by ``(i, j)``.
     """
     import faiss  # its binary index; loaded only when hashes are compared
 
@@ -83,10 +93,11 @@ def phash_pairs(
         queries = np.ascontiguousarray(codes[start : start + block, 0])
         limits, distances, found = index.range_search(queries, radius + 1)  # distance < r + 1
         i = start + np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.int64))
-        j = found // len(ORIENTATIONS)
+        j, orientation = np.divmod(found, len(ORIENTATIONS))
         keep = j > i
         i, j, bits = i[keep], j[keep], distances[keep].astype(np.int64)
-        order = np.lexsort((bits, j, i))  # by pair, the closest orientation first
-        i, j, bits = i[order], j[order], bits[order]
+        orientation = orientation[keep]
+        order = np.lexsort((orientation, bits, j, i))  # by pair, the closest orientation first
+        i, j, bits, orientation = i[order], j[order], bits[order], orientation[order]
         first = np.r_[True, (np.diff(i) != 0) | (np.diff(j) != 0)] if len(i) else i.astype(bool)
-        yield i[first], j[first], bits[first]
+        yield i[first], j[first], bits[first], orientation[first]

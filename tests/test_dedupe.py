@@ -25,7 +25,7 @@ from fracture_curate.dedupe import (
 from fracture_curate.geometry import PairEvidence
 from fracture_curate.images import to_rgb8, to_uint8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
-from fracture_curate.phash import HASH_BITS, ORIENTATIONS, phash_distance, phash_pairs
+from fracture_curate.phash import HASH_BITS, ORIENTATIONS, orient, phash_distance, phash_pairs
 from fracture_curate.scan import run_scan, scan_dataset
 from fracture_curate.schema import MATCH_KINDS
 from fracture_curate.split import leakage_groups
@@ -312,7 +312,7 @@ def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_p
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # neighbours, no cosine match
     checked = {}
 
-    def verify(files, i, j, screen=True, on_progress=None):
+    def verify(files, i, j, orientation=None, screen=True, on_progress=None):
         """Keypoints on one transform: exactly the threshold for the first pair, one fewer for
         the rest; every match on the transform."""
         found = np.full(len(i), config.geometry_threshold - 1)
@@ -492,7 +492,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     scan, embeddings = three_phantoms(tmp_path, first=40, seed=3)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
-    def verify(files, i, j, screen=True, on_progress=None):
+    def verify(files, i, j, orientation=None, screen=True, on_progress=None):
         """Every pair 40 keypoints on one transform: the first of 80 matches (a copy at the
         default share of one half), the others of 81 (another film)."""
         matches = np.full(len(i), 81)
@@ -505,7 +505,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
     assert frame["related_group"].notna().all() and frame["related_group"].nunique() == 1
     assert frame["is_kept"].sum() == 2
 
-    def verify_one(files, i, j, screen=True, on_progress=None):
+    def verify_one(files, i, j, orientation=None, screen=True, on_progress=None):
         """The first pair 40 of 80 matches on one transform, the others too few to relate."""
         inliers = np.full(len(i), 5)
         inliers[0] = 40
@@ -521,7 +521,7 @@ def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, m
     scan, embeddings = three_phantoms(tmp_path, first=50, seed=4)
     config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)
 
-    def verify(files, i, j, screen=True, on_progress=None):
+    def verify(files, i, j, orientation=None, screen=True, on_progress=None):
         """The first pair exactly the related threshold of keypoints, the rest one fewer; almost
         every match on the transform, but too few keypoints for a copy."""
         inliers = np.full(len(i), config.related_threshold - 1)
@@ -589,6 +589,46 @@ def test_similarity_matches_between_related_films_are_vetoed_and_no_others():
     assert untouched.left.tolist() == pairs.left.tolist()
 
 
+@pytest.mark.parametrize("index", range(len(ORIENTATIONS)))
+def test_orient_turns_pixels_as_the_hash_orientations_turn_an_image(index):
+    pixels = np.arange(12 * 3, dtype=np.uint8).reshape(3, 4, 3)  # no two orientations alike
+    image = Image.fromarray(pixels)
+    expected = image if ORIENTATIONS[index] is None else image.transpose(ORIENTATIONS[index])
+    assert np.array_equal(orient(pixels, index), np.asarray(expected))
+    assert np.array_equal(orient(pixels[:, :, 0], index), np.asarray(expected)[:, :, 0])
+
+
+def test_phash_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_path):
+    """pHash proposes, geometry decides. At a radius that joins every picture, only the true
+    copies (mirrored, turned 90 degrees, darker) stay in their source's cluster once each pHash
+    pair is tested in the orientation it matched in; without the geometry layer, or for
+    pictures too smooth for the test to judge, the pHash matches stand."""
+    image = phantom(3, size=256)
+    image.save(tmp_path / "source.png")
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirrored.png")
+    image.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned90.png")
+    darker(image).save(tmp_path / "darker.png")
+    copies = ["source.png", "mirrored.png", "turned90.png", "darker.png"]
+    for index in range(3):
+        phantom(40 + index, size=256).save(tmp_path / f"other{index}.png")
+    scan = scanned(tmp_path)
+    embeddings = random_embeddings(scan, seed=4)
+    wide = DedupeConfig(phash_radius=HASH_BITS, cosine_threshold=1.0, geometry_floor=-1.0)
+    hashed_only = by_path(deduplicate(scan, embeddings, replace(wide, geometry=False)))
+    assert hashed_only["cluster_size"].eq(len(scan)).all()  # every picture, one cluster
+    verified = by_path(deduplicate(scan, embeddings, wide, root=tmp_path))
+    assert verified.loc[copies, "cluster_id"].nunique() == 1
+    assert verified.loc[copies, "cluster_size"].eq(4).all()
+    assert verified.loc[[f"other{k}.png" for k in range(3)], "cluster_size"].eq(1).all()
+
+    ramp = np.linspace(40, 200, 64)[None, :] + np.zeros((64, 1))
+    save_gray(tmp_path / "smooth" / "a.png", ramp.astype(np.uint8))
+    save_gray(tmp_path / "smooth" / "b.png", (ramp + 3).astype(np.uint8))
+    scan = scanned(tmp_path / "smooth")
+    smooth = deduplicate(scan, random_embeddings(scan, seed=4), wide, root=tmp_path / "smooth")
+    assert smooth["cluster_size"].eq(2).all() and set(smooth["match_kind"].dropna()) == {"phash"}
+
+
 def brute_force_phash_pairs(hashes, radius):
     """Every pair i < j whose identity hash of i is within ``radius`` bits of some orientation
     of j, with the closest distance: every pair compared in numpy."""
@@ -616,10 +656,12 @@ def test_hash_pairs_are_every_pair_within_the_radius_in_some_orientation(block):
     for source in sources[:50]:
         hashes[source, 1] = hashes[source, 0] ^ np.uint64(0b1111)
     expected = brute_force_phash_pairs(hashes, 24)
-    i, j, bits = (
+    i, j, bits, turns = (
         np.concatenate(part) for part in zip(*phash_pairs(hashes, 24, block=block), strict=True)
     )
     pairs = zip(i.tolist(), j.tolist(), strict=True)
     assert dict(zip(pairs, bits.tolist(), strict=True)) == expected
+    # The orientation of j that is that close to i's identity hash.
+    assert (np.bitwise_count(hashes[i, 0] ^ hashes[j, turns]).sum(axis=1) == bits).all()
     assert 50 < len(expected) < 200  # some planted copies fall outside the radius
     assert (np.diff(i * len(hashes) + j) > 0).all()  # sorted by (i, j), each once

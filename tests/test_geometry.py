@@ -11,6 +11,7 @@ from PIL import Image
 from fracture_curate import geometry
 from fracture_curate.geometry import RELATED_INLIERS, verify_pairs
 from fracture_curate.images import to_rgb8
+from fracture_curate.phash import ORIENTATIONS
 from fracture_curate.synthetic import draw_phantom
 from fracture_curate.synthetic.planting import follow_up_film
 from fracture_curate.vectors import nearest_neighbours, tile_rows
@@ -79,6 +80,25 @@ def test_unreadable_or_blank_images_score_zero(tmp_path, phantoms):
     assert verify_pairs(files, np.array([], dtype=int), np.array([], dtype=int)).inliers.shape == (
         0,
     )
+
+
+def test_mirrored_and_quarter_turned_copies_verify_in_the_orientation_given(tmp_path, phantoms):
+    """A copy mirrored or turned 90 degrees has no similarity transform onto its source, but
+    turned back (``orientation``, pHash's index) it is a copy; another phantom in any
+    orientation is none, and the test could judge it."""
+    source = Image.open(phantoms[0].root / phantoms[0].path)
+    # name: (the orientation the copy was made in, the one that turns it back)
+    turns = {"mirrored.png": (5, 5), "turned90.png": (1, 3), "transverse.png": (7, 7)}
+    for name, (made, _) in turns.items():
+        source.transpose(ORIENTATIONS[made]).save(tmp_path / name)
+    files = [phantoms[0], *(scanned(tmp_path / name) for name in turns), phantoms[4]]
+    left, right = np.zeros(4, dtype=int), np.array([1, 2, 3, 4])
+    as_they_are = verify_pairs(files, left, right)
+    assert not as_they_are.copies()[:3].any(), as_they_are
+    back = np.array([back for _, back in turns.values()] + [5])
+    turned_back = verify_pairs(files, left, right, orientation=back)
+    assert turned_back.copies().tolist() == [True, True, True, False], turned_back
+    assert turned_back.judged().all()
 
 
 def test_real_radiograph_and_its_turned_copy_verify(tmp_path, ankle_radiograph):
@@ -163,9 +183,9 @@ def test_the_screen_keeps_every_verdict_and_spares_the_full_test_for_strangers(
     sides = []  # (path, screen) of each file's features
     original = geometry.file_features
 
-    def recorded(file, screen):
+    def recorded(file, screen, orientation):
         sides.append((file.path, screen))
-        return original(file, screen)
+        return original(file, screen, orientation)
 
     monkeypatch.setattr(geometry, "file_features", recorded)
     screened = verify_pairs(phantoms, left, right, workers=2)
