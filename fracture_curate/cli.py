@@ -423,9 +423,9 @@ def dedupe(
     Layers, cheap first: identical bytes, identical pixels, perceptual hash invariant to flips and
     90-degree rotations, embedding cosine, and a geometric check (SIFT + RANSAC) of each file's
     nearest neighbours for crops and small rotations, which also decides each pHash match. The
-    kept copy is the original when the
-    cluster holds one: lossless over lossy, then not turned or padded (no flat fill lining its
-    border), then the most pixels (not cropped or reduced), then the most grey levels.
+    kept copy is the original when the cluster holds one: lossless over lossy, then not turned
+    or padded (no flat fill lining its border), then the most pixels (not cropped or reduced),
+    then the most grey levels.
     Clusters whose copies carry different labels are flagged as label conflicts.
     The geometric check also finds related images: other films of the same anatomy (a
     follow-up, a second exposure). They are not copies: all are kept, in one related group that

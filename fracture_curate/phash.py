@@ -34,12 +34,12 @@ _WORDS = HASH_BITS // 64
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """``pixels`` (H x W or H x W x C) turned or mirrored as ``ORIENTATIONS[orientation]`` turns
-    an image (a view, no copy)."""
-    turned = np.rot90(pixels, (0, 1, 2, 3, 1, 0, 2, 3)[orientation])
-    if orientation >= 4:  # TRANSPOSE, FLIP_LEFT_RIGHT, FLIP_TOP_BOTTOM, TRANSVERSE: a mirror too
-        turned = turned[::-1] if orientation in (4, 7) else turned[:, ::-1]
-    return turned
+    """Canonical pixels (see :mod:`fracture_curate.images`) turned or mirrored by
+    ``ORIENTATIONS[orientation]``, as the hashes see them."""
+    transpose = ORIENTATIONS[orientation]
+    if transpose is None:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).transpose(transpose))
 
 
 def dihedral_phash(pixels: np.ndarray) -> bytes:

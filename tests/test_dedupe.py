@@ -596,6 +596,10 @@ def test_orient_turns_pixels_as_the_hash_orientations_turn_an_image(index):
     expected = image if ORIENTATIONS[index] is None else image.transpose(ORIENTATIONS[index])
     assert np.array_equal(orient(pixels, index), np.asarray(expected))
     assert np.array_equal(orient(pixels[:, :, 0], index), np.asarray(expected)[:, :, 0])
+    deep = pixels[:, :, 0].astype(np.uint16) * 257  # a 16-bit radiograph turns the same way
+    assert np.array_equal(
+        orient(deep, index), np.asarray(expected)[:, :, 0].astype(np.uint16) * 257
+    )
 
 
 def test_phash_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_path):
