@@ -134,7 +134,7 @@ class RelatedPairs:
     @classmethod
     def none(cls) -> RelatedPairs:
         empty = np.empty(0, dtype=np.int64)
-        return cls(empty, empty, PairEvidence(empty, empty))
+        return cls(empty, empty, PairEvidence(empty, empty, empty))
 
 
 def exact_pairs(keys: pd.Series, kind: str) -> Pairs:

@@ -179,20 +179,17 @@ class PairEvidence:
     inliers: np.ndarray  #: distinct keypoints that one plausible similarity transform carries
     matches: np.ndarray  #: one-to-one descriptor matches that passed the ratio test
     #: the fewer keypoints of the pair's two images (at the screen's size for a pair the screen
-    #: stopped); None: every pair held enough to judge
-    keypoints: np.ndarray | None = None
+    #: stopped)
+    keypoints: np.ndarray
 
     def judged(self, min_keypoints: int = SCREEN_MIN_KEYPOINTS) -> np.ndarray:
         """Pairs whose two images held enough detail for the test to speak (``min_keypoints``
         keypoints each): where it finds no copy, there is none."""
-        if self.keypoints is None:
-            return np.ones(len(self.inliers), dtype=bool)
         return self.keypoints >= min_keypoints
 
     def take(self, rows: np.ndarray | slice) -> PairEvidence:
         """The evidence of some of the pairs."""
-        keypoints = None if self.keypoints is None else self.keypoints[rows]
-        return PairEvidence(self.inliers[rows], self.matches[rows], keypoints)
+        return PairEvidence(self.inliers[rows], self.matches[rows], self.keypoints[rows])
 
     @property
     def share(self) -> np.ndarray:
@@ -253,14 +250,16 @@ def verify_pairs(
 
     With ``screen`` (the default), pairs are first screened on small images and only those
     whose screen passes (:data:`SCREEN_INLIERS`) are verified at full size; the others get no
-    evidence (0 inliers, 0 matches). Progress is reported in the phases "screening pairs" and
-    "verifying geometry".
+    evidence (0 inliers, 0 matches). A pair listed more than once is tested once. Progress is
+    reported in the phases "screening pairs" and "verifying geometry".
     """
     # An image in one orientation is one item: file k as seen in orientation o is 8k + o.
-    left = np.asarray(left, dtype=np.int64) * len(ORIENTATIONS)
     right = np.asarray(right, dtype=np.int64) * len(ORIENTATIONS)
     if orientation is not None:
         right = right + np.asarray(orientation, dtype=np.int64)
+    listed = np.stack([np.asarray(left, dtype=np.int64) * len(ORIENTATIONS), right], axis=1)
+    pairs, listing = np.unique(listed.reshape(-1, 2), axis=0, return_inverse=True)
+    left, right = pairs[:, 0], pairs[:, 1]
     verified = np.ones(len(left), dtype=bool)
     evidence = np.zeros((len(left), 3), dtype=np.int64)
     if screen:
@@ -272,6 +271,7 @@ def verify_pairs(
     evidence[verified] = _score_pairs(
         files, left[verified], right[verified], False, pair_evidence, 3, workers, chunk, phase
     )
+    evidence = evidence[listing.ravel()]
     return PairEvidence(evidence[:, 0], evidence[:, 1], evidence[:, 2])
 
 

@@ -22,7 +22,7 @@ from fracture_curate.dedupe import (
     run_dedupe,
     summarise_dedupe,
 )
-from fracture_curate.geometry import PairEvidence
+from fracture_curate.geometry import MAX_KEYPOINTS, PairEvidence
 from fracture_curate.images import to_rgb8, to_uint8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
 from fracture_curate.phash import HASH_BITS, ORIENTATIONS, orient, phash_distance, phash_pairs
@@ -70,6 +70,11 @@ def three_phantoms(folder, first: int, seed: int) -> tuple[pd.DataFrame, pd.Data
         phantom(first + index).save(folder / f"{index}.png")
     scan = scanned(folder)
     return scan, random_embeddings(scan, seed=seed)
+
+
+def judged_evidence(inliers: np.ndarray, matches: np.ndarray) -> PairEvidence:
+    """Geometric evidence of pairs whose images all held detail enough to judge."""
+    return PairEvidence(inliers, matches, np.full(len(inliers), MAX_KEYPOINTS))
 
 
 def by_path(frame: pd.DataFrame) -> pd.DataFrame:
@@ -318,7 +323,7 @@ def test_a_geometry_score_at_the_threshold_is_a_match_and_one_below_is_not(tmp_p
         found = np.full(len(i), config.geometry_threshold - 1)
         found[0] = config.geometry_threshold
         checked["pairs"] = list(zip(i.tolist(), j.tolist(), strict=True))
-        return PairEvidence(found, found)
+        return judged_evidence(found, found)
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
     result = deduplicate(scan, embeddings, config, root=tmp_path)
@@ -497,7 +502,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
         default share of one half), the others of 81 (another film)."""
         matches = np.full(len(i), 81)
         matches[0] = 80
-        return PairEvidence(np.full(len(i), 40), matches)
+        return judged_evidence(np.full(len(i), 40), matches)
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
     frame = deduplicate(scan, embeddings, config, root=tmp_path)
@@ -509,7 +514,7 @@ def test_the_share_of_matches_on_one_transform_tells_a_copy_from_another_film(
         """The first pair 40 of 80 matches on one transform, the others too few to relate."""
         inliers = np.full(len(i), 5)
         inliers[0] = 40
-        return PairEvidence(inliers, np.full(len(i), 80))
+        return judged_evidence(inliers, np.full(len(i), 80))
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify_one)
     stricter = replace(config, copy_share=0.6)  # 40 of 80 is no longer a copy, but related
@@ -526,7 +531,7 @@ def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, m
         every match on the transform, but too few keypoints for a copy."""
         inliers = np.full(len(i), config.related_threshold - 1)
         inliers[0] = config.related_threshold
-        return PairEvidence(inliers, inliers + 1)
+        return judged_evidence(inliers, inliers + 1)
 
     monkeypatch.setattr("fracture_curate.dedupe.verify_pairs", verify)
     frame = deduplicate(scan, embeddings, config, root=tmp_path)
@@ -535,7 +540,7 @@ def test_the_related_threshold_decides_which_other_films_are_related(tmp_path, m
 
 def related(left, right, inliers, matches) -> RelatedPairs:
     return RelatedPairs(
-        np.array(left), np.array(right), PairEvidence(np.array(inliers), np.array(matches))
+        np.array(left), np.array(right), judged_evidence(np.array(inliers), np.array(matches))
     )
 
 

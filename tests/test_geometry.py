@@ -71,6 +71,24 @@ def test_streaming_order_does_not_change_scores(phantoms):
     assert np.array_equal(streamed.matches, whole.matches)
 
 
+def test_a_pair_listed_twice_is_tested_once(phantoms, monkeypatch):
+    """A neighbour pair that is also a pHash pair in the same orientation: one test, the same
+    evidence in both places; the same files in another orientation are another pair."""
+    calls = []
+    original = geometry.pair_evidence
+
+    def counted(a, b):
+        calls.append(1)
+        return original(a, b)
+
+    monkeypatch.setattr(geometry, "pair_evidence", counted)
+    left, right = np.array([0, 0, 0, 4]), np.array([1, 1, 1, 5])
+    evidence = verify_pairs(phantoms, left, right, orientation=np.array([0, 0, 5, 0]), screen=False)
+    assert len(calls) == 3
+    assert evidence.inliers[0] == evidence.inliers[1] and evidence.copies()[:2].all()
+    assert not evidence.copies()[2] and not evidence.copies()[3]  # mirrored; other phantoms
+
+
 def test_unreadable_or_blank_images_score_zero(tmp_path, phantoms):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     blank = save_gray(tmp_path / "blank.png", np.full((64, 64), 90, dtype=np.uint8))
