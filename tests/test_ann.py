@@ -100,6 +100,21 @@ def test_both_searches_on_one_partition_find_what_exact_search_finds():
     assert partition.quantizer is quantizer and f"{partition.lists:,} lists" in how.method
 
 
+def test_codes_in_the_lists_of_other_rows_score_their_own_cosines():
+    """The pair search stores centred rows in the lists of the plain rows' partition: the codes'
+    similarities are the centred cosines (within a quarter of the margin the candidates are
+    taken at), not shifted by the plain rows' list centres."""
+    rng = np.random.default_rng(8)
+    raw = rng.gamma(0.6, 1.0, size=(3_000, 128)).astype(np.float32)  # non-negative, like ReLU
+    centred = UnitRows.centred(raw)
+    index = ann.InvertedFile.build(centred, ann.Partition(UnitRows(raw), probes=8))
+    limits, scores, found = index.range_search(0, centred.take(slice(None)), -2.0)
+    queries = np.repeat(np.arange(len(raw)), np.diff(limits).astype(np.int64))
+    exact = centred.cosines(queries, found)
+    assert len(found) > 10 * len(raw)
+    assert np.abs(scores - exact).max() <= ann.CODE_MARGIN / 4
+
+
 @pytest.mark.slow
 def test_approximate_neighbours_hold_the_planted_copies_and_report_their_true_recall():
     """Among 20,000 rows, the default probes find each planted copy among its source's
