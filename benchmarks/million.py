@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from fracture_curate.ann import Partition, neighbour_pairs, similar_pairs
+from fracture_curate.ann import Partition, exact_neighbours, neighbour_pairs, similar_pairs
 from fracture_curate.dedupe import DedupeConfig
-from fracture_curate.vectors import UnitRows, tile_rows
+from fracture_curate.vectors import UnitRows
 
 BLOCK = 50_000
 
@@ -59,25 +59,7 @@ def neighbour_recall(
 ) -> tuple[float, int]:
     """Of the sampled rows' exact ``k`` nearest neighbours (cosine >= ``floor``), the share
     among the pairs ``(i, j)`` found; and their count."""
-    query_rows = rows.take(queries)
-    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    step = tile_rows(len(queries), len(rows))
-    for start in range(0, len(rows), step):
-        similarity = query_rows @ rows.take(slice(start, start + step)).T
-        own = np.nonzero((queries >= start) & (queries < start + similarity.shape[1]))[0]
-        similarity[own, queries[own] - start] = -np.inf
-        candidates = np.concatenate([best, similarity], axis=1)
-        ids = np.concatenate(
-            [
-                best_ids,
-                np.broadcast_to(np.arange(start, start + similarity.shape[1]), similarity.shape),
-            ],
-            axis=1,
-        )
-        columns = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
-        best = np.take_along_axis(candidates, columns, axis=1)
-        best_ids = np.take_along_axis(ids, columns, axis=1)
+    best_ids, best = exact_neighbours(rows, queries, k)
     sampled = np.isin(i, queries) | np.isin(j, queries)
     found = set(zip(i[sampled].tolist(), j[sampled].tolist(), strict=True))
     exact = [

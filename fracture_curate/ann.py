@@ -324,19 +324,9 @@ def _range_recall(
     return recall, len(queries), len(exact)
 
 
-def _neighbour_recall(
-    rows: UnitRows,
-    neighbours: np.ndarray,
-    near: np.ndarray,
-    k: int,
-    floor: float,
-    seed: int,
-    count: int,
-) -> tuple[float, int, int]:
-    """Of each sampled row's exact ``k`` nearest neighbours (cosine >= ``floor``), the share
-    among the neighbours found for it; with the sample's size and the count of exact
-    neighbours."""
-    queries = _sample(len(rows), count, seed)
+def exact_neighbours(rows: UnitRows, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other rows of each of the rows ``queries``, by brute force over every
+    row a tile at a time: ``(ids, cosines)``, each Q x k, in no particular order."""
     best = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), k), -1, dtype=np.int64)
     for start, similarity in _similarity_tiles(rows, queries):
@@ -351,6 +341,23 @@ def _neighbour_recall(
         )
         best = np.take_along_axis(candidates, columns, axis=1)
         best_rows = np.take_along_axis(ids, columns, axis=1)
+    return best_rows, best
+
+
+def _neighbour_recall(
+    rows: UnitRows,
+    neighbours: np.ndarray,
+    near: np.ndarray,
+    k: int,
+    floor: float,
+    seed: int,
+    count: int,
+) -> tuple[float, int, int]:
+    """Of each sampled row's exact ``k`` nearest neighbours (cosine >= ``floor``), the share
+    among the neighbours found for it; with the sample's size and the count of exact
+    neighbours."""
+    queries = _sample(len(rows), count, seed)
+    best_rows, best = exact_neighbours(rows, queries, k)
     exact = best >= floor
     found = np.where(near[queries], neighbours[queries], -1)
     hits = sum(

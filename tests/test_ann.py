@@ -66,6 +66,17 @@ def exact_neighbours(unit: np.ndarray, rows: np.ndarray, k: int) -> list[set[int
     return [set(np.argsort(-line, kind="stable")[:k].tolist()) for line in similarity]
 
 
+def test_exact_neighbours_of_sampled_rows_are_the_brute_force_ones(monkeypatch):
+    unit, _ = clustered(1_500, seed=9)
+    monkeypatch.setattr("fracture_curate.vectors.TILE_ELEMENTS", 50 * 300)  # several tiles
+    queries = np.array([0, 7, 499, 1_499])
+    ids, cosines = ann.exact_neighbours(UnitRows(unit), queries, 6)
+    assert [set(row.tolist()) for row in ids] == exact_neighbours(unit, queries, 6)
+    np.testing.assert_allclose(
+        cosines, np.take_along_axis(unit[queries] @ unit.T, ids, 1), atol=1e-6
+    )
+
+
 def test_probing_every_list_finds_the_exact_nearest_neighbours():
     unit, _ = clustered(3_000, seed=4)
     exact = neighbour_pairs(unit, 8, -1.0, search="exact")
