@@ -364,10 +364,11 @@ def dedupe(
         bool,
         typer.Option(
             help="Check each file's nearest neighbours for a rotated, scaled or cropped copy "
-            "(SIFT keypoints + RANSAC), and each pHash match in the orientation it matched in "
-            "(it stands only if a copy is found, or a picture is too plain to judge); reads the "
-            "images again. The neighbours come from the embeddings: with --no-embeddings this "
-            "layer cannot run (a warning says so) and pHash matches stand unchecked.",
+            "(SIFT keypoints + RANSAC), and each pHash and embedding match with one picture "
+            "turned as their hashes match (it stands only if a copy is found, or a picture is "
+            "too plain to judge); reads the images again. The neighbours come from the "
+            "embeddings: with --no-embeddings only the pHash matches are checked (a warning "
+            "says so).",
         ),
     ] = DedupeConfig.geometry,
     geometry_threshold: Annotated[
@@ -422,10 +423,10 @@ def dedupe(
 
     Layers, cheap first: identical bytes, identical pixels, perceptual hash invariant to flips and
     90-degree rotations, embedding cosine, and a geometric check (SIFT + RANSAC) of each file's
-    nearest neighbours for crops and small rotations, which also decides each pHash match. The
-    kept copy is the original when the cluster holds one: lossless over lossy, then not turned
-    or padded (no flat fill lining its border), then the most pixels (not cropped or reduced),
-    then the most grey levels.
+    nearest neighbours for crops and small rotations, which also decides each pHash and embedding
+    match. The kept copy is the original when the cluster holds one: lossless over lossy, then
+    not turned or padded (no flat fill lining its border), then the most pixels (not cropped or
+    reduced), then the most grey levels.
     Clusters whose copies carry different labels are flagged as label conflicts.
     The geometric check also finds related images: other films of the same anatomy (a
     follow-up, a second exposure). They are not copies: all are kept, in one related group that
@@ -447,9 +448,9 @@ def dedupe(
         if geometry and not embeddings:
             error_console.print(
                 warning(
-                    "the geometry layer checks each file's embedding neighbours: with "
-                    "--no-embeddings it does not run (crops and small rotations go unfound, "
-                    "pHash matches stand unchecked)"
+                    "the geometry layer finds crops and small rotations among each file's "
+                    "embedding neighbours: with --no-embeddings it only checks the pHash "
+                    "matches (crops and small rotations go unfound)"
                 )
             )
         before = written_before(manifests, "dedupe")

@@ -3,8 +3,8 @@
 Layers: identical bytes (``image_id``); identical pixels (``pixel_sha256``); a perceptual hash that
 sees through flips and 90-degree rotations; cosine similarity of centred, L2-normalised MobileNetV2
 embeddings; geometric verification of nearest neighbours (crops, small turns), which also decides
-each pHash match, the one picture turned back as the hash matched it. Clusters are the connected
-components of all matched pairs, and one copy of each is kept.
+each pHash and embedding match, the one picture turned back as the hashes match it. Clusters are
+the connected components of all matched pairs, and one copy of each is kept.
 
 Geometric verification also finds related images: other films of the same anatomy (a follow-up,
 a second exposure) that are not copies. They are all kept, and grouped (``related_group``) so that
@@ -45,7 +45,7 @@ from fracture_curate.manifest import (
     write_stage,
 )
 from fracture_curate.params import Constraints, Interval, Options, check_params
-from fracture_curate.phash import HASH_BITS, phash_pairs, unpack_hashes
+from fracture_curate.phash import HASH_BITS, closest_orientations, phash_pairs, unpack_hashes
 from fracture_curate.progress import ProgressCallback
 from fracture_curate.schema import DEDUPE_COLUMNS, MATCH_KINDS, empty_columns
 from fracture_curate.vectors import UnitRows, embedding_matrix
@@ -121,6 +121,16 @@ class Pairs:
             *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
         )
 
+    @classmethod
+    def empty(cls) -> Pairs:
+        """No pairs."""
+        none = np.empty(0, dtype=np.int64)
+        return cls(none, none, none, np.empty(0, dtype=np.float64))
+
+    def take(self, rows: np.ndarray) -> Pairs:
+        """Some of the pairs (a mask or positions)."""
+        return Pairs(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
 
 @dataclass(frozen=True)
 class RelatedPairs:
@@ -157,13 +167,58 @@ def find_pairs(
     they did not).
 
     The geometry layer needs the images (a DICOM decoded with ``window``), so it runs only when
-    ``root`` is given.
+    ``root`` is given. It tests each file's nearest neighbours (with embeddings) and every pHash
+    and embedding match: among thousands of look-alike radiographs, different films collide in
+    both signatures (two plain shafts, one the other's transpose), so a match that the test can
+    judge stands only where it finds a copy.
     """
     exact = [exact_pairs(scan["image_id"], "bytes"), exact_pairs(scan["pixel_sha256"], "pixels")]
     hashed, turns = _phash_layer(scan, config.phash_radius)
+    check = config.geometry and root is not None
+    embedded, neighbours, reports = _embedding_layers(scan, embeddings, config, neighbours=check)
+    if not check:
+        return Pairs.concat([*exact, hashed, embedded]), RelatedPairs.none(), reports
+    # One test of each candidate, the right picture turned as its hash matched the left one's
+    # (a neighbour as it is, an embedding match as its hashes are closest).
+    candidates = Pairs.concat([neighbours, hashed, embedded])
+    orientation = np.concatenate(
+        [np.zeros(len(neighbours.left), np.int64), turns, _closest_orientations(scan, embedded)]
+    )
+    rows, items = np.unique(
+        np.concatenate([candidates.left, candidates.right]), return_inverse=True
+    )
+    evidence = verify_pairs(
+        scanned_files(scan.iloc[rows], root, window),
+        items[: len(candidates.left)],
+        items[len(candidates.left) :],
+        orientation=orientation,
+        screen=config.geometry_screen,
+        on_progress=on_progress,
+    )
+    copies = evidence.copies(config.geometry_threshold, config.copy_share)
+    proposed = candidates.kind != MATCH_KINDS.index("geometry")  # pHash and embedding matches
+    stands = copies | (proposed & ~evidence.judged())
+    linked = evidence.related(
+        config.related_threshold, config.geometry_threshold, config.copy_share
+    )
+    # A related pair found as a neighbour and as a match is one pair (left < right in both).
+    _, first = np.unique(
+        np.stack([candidates.left[linked], candidates.right[linked]], axis=1),
+        axis=0,
+        return_index=True,
+    )
+    linked = np.flatnonzero(linked)[np.sort(first)]
+    related = RelatedPairs(candidates.left[linked], candidates.right[linked], evidence.take(linked))
+    return Pairs.concat([*exact, candidates.take(stands)]), related, reports
+
+
+def _embedding_layers(
+    scan: pd.DataFrame, embeddings: pd.DataFrame | None, config: DedupeConfig, *, neighbours: bool
+) -> tuple[Pairs, Pairs, list[SearchReport]]:
+    """The embedding matches and, with ``neighbours``, each file's nearest neighbours (pairs of
+    kind "geometry", for the geometry layer to test), and how the searches ran."""
     if embeddings is None or len(embeddings) < 2:
-        return Pairs.concat([*exact, hashed]), RelatedPairs.none(), []
-    # Embedding cosine, and geometric verification of each file's nearest neighbours.
+        return Pairs.empty(), Pairs.empty(), []
     files = scan.drop_duplicates("image_id")
     files = files[files["image_id"].isin(embeddings["image_id"])]
     positions = scan.index.get_indexer(files.index)
@@ -180,11 +235,11 @@ def find_pairs(
         partition=partition,
     )
     embedded = _layer_pairs(positions, i, j, "embedding", similarity)
-    if not config.geometry or root is None:
-        return Pairs.concat([*exact, hashed, embedded]), RelatedPairs.none(), [report]
+    if not neighbours:
+        return embedded, Pairs.empty(), [report]
     # Neighbours by plain (uncentred) cosine: centring amplifies the texture differences a
     # turned copy has, and ranked some sources below their copy's 10th neighbour.
-    i, j, _, neighbours = neighbour_pairs(
+    i, j, _, searched = neighbour_pairs(
         plain,
         config.geometry_neighbours,
         config.geometry_floor,
@@ -192,34 +247,8 @@ def find_pairs(
         probes=config.probes,
         partition=partition,
     )
-    # One geometric test of each neighbour pair as it is and of each pHash pair in the
-    # orientation it matched in: among thousands of look-alike radiographs, different films
-    # collide in pHash (two plain shafts, one the other's transpose), so a pHash match the
-    # test can judge is kept only when the test finds a copy.
-    left, right = (
-        np.concatenate([positions[i], hashed.left]),
-        np.concatenate([positions[j], hashed.right]),
-    )
-    rows, items = np.unique(np.concatenate([left, right]), return_inverse=True)
-    evidence = verify_pairs(
-        scanned_files(scan.iloc[rows], root, window),
-        items[: len(left)],
-        items[len(left) :],
-        orientation=np.concatenate([np.zeros(len(i), dtype=np.int64), turns]),
-        screen=config.geometry_screen,
-        on_progress=on_progress,
-    )
-    copies = evidence.copies(config.geometry_threshold, config.copy_share)
-    near, kept_hashes = copies[: len(i)], (copies | ~evidence.judged())[len(i) :]
-    similarity = centred.cosines(i[near], j[near])
-    verified = _layer_pairs(positions, i[near], j[near], "geometry", similarity)
-    hashed = Pairs(*(getattr(hashed, f)[kept_hashes] for f in Pairs.__dataclass_fields__))
-    linked = evidence.related(
-        config.related_threshold, config.geometry_threshold, config.copy_share
-    )
-    related = RelatedPairs(left[linked], right[linked], evidence.take(linked))
-    pairs = _without(Pairs.concat([*exact, hashed, embedded, verified]), related, scan["image_id"])
-    return pairs, related, [report, neighbours]
+    near = _layer_pairs(positions, i, j, "geometry", centred.cosines(i, j))
+    return embedded, near, [report, searched]
 
 
 def _phash_layer(scan: pd.DataFrame, radius: int) -> tuple[Pairs, np.ndarray]:
@@ -236,20 +265,18 @@ def _phash_layer(scan: pd.DataFrame, radius: int) -> tuple[Pairs, np.ndarray]:
     return _layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS), turns
 
 
-def _without(pairs: Pairs, related: RelatedPairs, image_ids: pd.Series) -> Pairs:
-    """``pairs`` less the similarity matches (pHash, embedding) of files that the geometry layer
-    found to be different films of one anatomy: two films look alike, but are not copies."""
-    if len(related.left) == 0:
-        return pairs
-    codes = pd.factorize(image_ids)[0]
-
-    def keys(left: np.ndarray, right: np.ndarray) -> pd.MultiIndex:
-        a, b = codes[left], codes[right]
-        return pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)])
-
-    similar = np.isin(pairs.kind, [MATCH_KINDS.index("phash"), MATCH_KINDS.index("embedding")])
-    vetoed = similar & keys(pairs.left, pairs.right).isin(keys(related.left, related.right))
-    return Pairs(*(getattr(pairs, f)[~vetoed] for f in Pairs.__dataclass_fields__))
+def _closest_orientations(scan: pd.DataFrame, pairs: Pairs) -> np.ndarray:
+    """For each pair, the orientation in which its right picture's pHash is closest to its
+    left one's (0 where a picture has no hash)."""
+    turns = np.zeros(len(pairs.left), dtype=np.int64)
+    blobs = scan["phash"].to_numpy()
+    hashed = scan["phash"].notna().to_numpy()
+    both = hashed[pairs.left] & hashed[pairs.right]
+    if both.any():
+        left = unpack_hashes(blobs[pairs.left[both]].tolist())
+        right = unpack_hashes(blobs[pairs.right[both]].tolist())
+        turns[both] = closest_orientations(left, right)
+    return turns
 
 
 def _layer_pairs(

@@ -163,7 +163,7 @@ def test_auto_is_exact_up_to_the_limit(monkeypatch):
         similar_pairs(unit, 0.95, search="fast")
 
 
-def test_dedupe_without_embeddings_says_the_geometry_layer_cannot_run(tmp_path):
+def test_dedupe_without_embeddings_says_what_the_geometry_layer_cannot_do(tmp_path):
     from helpers import write_noise_images
 
     from fracture_curate.cli import app
@@ -176,12 +176,14 @@ def test_dedupe_without_embeddings_says_the_geometry_layer_cannot_run(tmp_path):
         app, ["dedupe", "--manifests", str(tmp_path / "manifests"), "--no-embeddings"]
     )
     assert result.exit_code == 0, result.output
-    assert "with --no-embeddings it does not run" in " ".join(result.output.split())
+    assert "with --no-embeddings it only checks the pHash matches" in " ".join(
+        result.output.split()
+    )
     quiet = runner.invoke(
         app,
         ["dedupe", "--manifests", str(tmp_path / "manifests"), "--no-embeddings", "--no-geometry"],
     )
-    assert quiet.exit_code == 0 and "does not run" not in quiet.output
+    assert quiet.exit_code == 0 and "only checks" not in quiet.output
 
 
 def test_auto_finds_the_geometry_neighbours_exactly_up_to_their_own_limit(monkeypatch):

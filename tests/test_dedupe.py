@@ -12,11 +12,10 @@ from PIL import Image
 
 from fracture_curate.dedupe import (
     DedupeConfig,
-    Pairs,
     RelatedPairs,
-    _without,
     deduplicate,
     filled_copies,
+    find_pairs,
     leakage,
     related_columns,
     run_dedupe,
@@ -25,9 +24,15 @@ from fracture_curate.dedupe import (
 from fracture_curate.geometry import MAX_KEYPOINTS, PairEvidence
 from fracture_curate.images import to_rgb8, to_uint8
 from fracture_curate.manifest import ManifestError, manifest_path, read_provenance
-from fracture_curate.phash import HASH_BITS, ORIENTATIONS, orient, phash_distance, phash_pairs
+from fracture_curate.phash import (
+    HASH_BITS,
+    ORIENTATIONS,
+    closest_orientations,
+    orient,
+    phash_distance,
+    phash_pairs,
+)
 from fracture_curate.scan import run_scan, scan_dataset
-from fracture_curate.schema import MATCH_KINDS
 from fracture_curate.split import leakage_groups
 from fracture_curate.synthetic import draw_phantom
 from fracture_curate.synthetic.planting import follow_up_film
@@ -473,9 +478,14 @@ def test_other_films_of_one_anatomy_are_kept_grouped_and_split_together(tmp_path
         phantom(60 + index, size=384).save(tmp_path / f"phantom{index}.png")
     scan = scanned(tmp_path)
     embeddings = random_embeddings(scan, seed=2)
-    config = DedupeConfig(cosine_threshold=1.0, geometry_floor=-1.0)  # every pair checked
+    # Every pair checked, as a neighbour and as an embedding match.
+    config = DedupeConfig(cosine_threshold=-1.0, geometry_floor=-1.0)
     frame = deduplicate(scan, embeddings, config, root=tmp_path)
     rows = by_path(frame)
+    _, related, _ = find_pairs(scan.reset_index(drop=True), embeddings, config, root=tmp_path)
+    # Each pair of the four films (the copy one of them) but the copy and its source, once.
+    pairs = {*zip(related.left.tolist(), related.right.tolist(), strict=True)}
+    assert len(related.left) == len(pairs) == 5
     films_rows = rows.loc[["film0.png", "film1.png", "film2.png"]]
     assert films_rows["cluster_id"].nunique() == 3  # three distinct films, none a copy
     assert rows.loc[["film0.png", "film2.png"], "is_kept"].all()
@@ -572,28 +582,6 @@ def test_related_columns_tie_on_keypoints_go_to_the_first_image_and_copies_are_n
     assert none["related_group"].isna().all() and none["related_evidence"].isna().all()
 
 
-def test_similarity_matches_between_related_films_are_vetoed_and_no_others():
-    kinds = {kind: MATCH_KINDS.index(kind) for kind in MATCH_KINDS}
-    pairs = Pairs(
-        left=np.array([0, 2, 0, 1, 0]),
-        right=np.array([1, 1, 1, 3, 3]),
-        kind=np.array(
-            [kinds["phash"], kinds["embedding"], kinds["bytes"], kinds["embedding"], kinds["phash"]]
-        ),
-        similarity=np.ones(5),
-    )
-    ids = pd.Series(["x", "y", "x", "z"])  # rows 0 and 2: the same file, byte for byte
-    kept = _without(pairs, related([1], [0], [30], [100]), ids)  # films y and x are related
-    assert list(zip(kept.left.tolist(), kept.right.tolist(), strict=True)) == [
-        (0, 1),
-        (1, 3),
-        (0, 3),
-    ]
-    assert kept.kind.tolist() == [kinds["bytes"], kinds["embedding"], kinds["phash"]]
-    untouched = _without(pairs, RelatedPairs.none(), ids)
-    assert untouched.left.tolist() == pairs.left.tolist()
-
-
 @pytest.mark.parametrize("index", range(len(ORIENTATIONS)))
 def test_orient_turns_pixels_as_the_hash_orientations_turn_an_image(index):
     pixels = np.arange(12 * 3, dtype=np.uint8).reshape(3, 4, 3)  # no two orientations alike
@@ -629,6 +617,9 @@ def test_phash_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_path
     assert verified.loc[copies, "cluster_id"].nunique() == 1
     assert verified.loc[copies, "cluster_size"].eq(4).all()
     assert verified.loc[[f"other{k}.png" for k in range(3)], "cluster_size"].eq(1).all()
+    # Checking a pHash match needs only the images.
+    unembedded = deduplicate(scan, None, replace(wide, use_embeddings=False), root=tmp_path)
+    assert by_path(unembedded)["cluster_size"].tolist() == verified["cluster_size"].tolist()
 
     ramp = np.linspace(40, 200, 64)[None, :] + np.zeros((64, 1))
     save_gray(tmp_path / "smooth" / "a.png", ramp.astype(np.uint8))
@@ -636,6 +627,43 @@ def test_phash_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_path
     scan = scanned(tmp_path / "smooth")
     smooth = deduplicate(scan, random_embeddings(scan, seed=4), wide, root=tmp_path / "smooth")
     assert smooth["cluster_size"].eq(2).all() and set(smooth["match_kind"].dropna()) == {"phash"}
+
+
+def test_embedding_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_path):
+    """Embeddings propose, geometry decides. With every two files an embedding match (and no
+    pHash match, no neighbour), only the true copies (mirrored and cropped, turned 5 degrees,
+    cropped) stay in their source's cluster, each tested with one picture turned as their
+    hashes match; without the geometry layer, or for pictures too smooth to judge, the matches
+    stand."""
+    image = phantom(5, size=256)
+    image.save(tmp_path / "source.png")
+    mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((8, 8, 248, 248))
+    mirrored.save(tmp_path / "mirrored.png")
+    image.rotate(5, resample=Image.Resampling.BICUBIC, expand=True).save(tmp_path / "turned.png")
+    image.crop((20, 16, 236, 240)).save(tmp_path / "cropped.png")
+    copies = ["source.png", "mirrored.png", "turned.png", "cropped.png"]
+    for index in range(3):
+        phantom(50 + index, size=256).save(tmp_path / f"other{index}.png")
+    scan = scanned(tmp_path)
+    embeddings = random_embeddings(scan, seed=6)
+    every = DedupeConfig(phash_radius=0, cosine_threshold=-1.0, geometry_floor=1.0)
+    unchecked = by_path(deduplicate(scan, embeddings, replace(every, geometry=False)))
+    assert unchecked["cluster_size"].eq(len(scan)).all()
+    checked = by_path(deduplicate(scan, embeddings, every, root=tmp_path))
+    assert checked.loc[copies, "cluster_id"].nunique() == 1
+    assert checked.loc[copies, "cluster_size"].eq(4).all()
+    assert set(checked.loc[copies, "match_kind"]) == {"embedding"}
+    assert checked.loc[[f"other{k}.png" for k in range(3)], "cluster_size"].eq(1).all()
+
+    ramp = np.linspace(40, 200, 64)[None, :] + np.zeros((64, 1))
+    save_gray(tmp_path / "smooth" / "a.png", ramp.astype(np.uint8))
+    y, x = np.mgrid[:64, :64]
+    bowl = 40 + np.hypot(x - 32, y - 32) * 3  # another picture, just as smooth
+    save_gray(tmp_path / "smooth" / "b.png", bowl.astype(np.uint8))
+    scan = scanned(tmp_path / "smooth")
+    smooth = deduplicate(scan, random_embeddings(scan, seed=6), every, root=tmp_path / "smooth")
+    assert smooth["cluster_size"].eq(2).all()
+    assert set(smooth["match_kind"].dropna()) == {"embedding"}
 
 
 def brute_force_phash_pairs(hashes, radius):
@@ -672,5 +700,6 @@ def test_hash_pairs_are_every_pair_within_the_radius_in_some_orientation(block):
     assert dict(zip(pairs, bits.tolist(), strict=True)) == expected
     # The orientation of j that is that close to i's identity hash.
     assert (np.bitwise_count(hashes[i, 0] ^ hashes[j, turns]).sum(axis=1) == bits).all()
+    assert (closest_orientations(hashes[i], hashes[j]) == turns).all()
     assert 50 < len(expected) < 200  # some planted copies fall outside the radius
     assert (np.diff(i * len(hashes) + j) > 0).all()  # sorted by (i, j), each once
