@@ -100,9 +100,9 @@ def similar_pairs(
         return i, j, cosine, SearchReport("exact")
     index = InvertedFile.build(rows, partition or Partition(rows, probes, seed))
     lefts, rights = [], []
-    for start, queries in _blocks(rows, QUERY_CHUNK):
-        limits, _, neighbours = index.range_search(start, queries, threshold - CODE_MARGIN)
-        found = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits).astype(np.int64))
+    for ids in index.partition.query_blocks():
+        limits, _, neighbours = index.range_search(ids, rows.take(ids), threshold - CODE_MARGIN)
+        found = ids[np.repeat(np.arange(len(ids)), np.diff(limits).astype(np.int64))]
         other = found != neighbours
         lefts.append(np.minimum(found, neighbours)[other])
         rights.append(np.maximum(found, neighbours)[other])
@@ -150,13 +150,12 @@ def neighbour_pairs(
     index = InvertedFile.build(rows, partition, half_precision=True)
     neighbours = np.empty((n, k), dtype=np.int64)
     cosines = np.empty((n, k), dtype=np.float32)
-    for start, queries in _blocks(rows, QUERY_CHUNK):
-        scores, found = index.search(start, queries, k + 1)
-        own = found == np.arange(start, start + len(found))[:, None]
-        scores[own | (found < 0)] = -np.inf  # not its own neighbour
+    for ids in partition.query_blocks():
+        scores, found = index.search(ids, rows.take(ids), k + 1)
+        scores[(found == ids[:, None]) | (found < 0)] = -np.inf  # not its own neighbour
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        neighbours[start : start + len(found)] = np.take_along_axis(found, order, axis=1)
-        cosines[start : start + len(found)] = np.take_along_axis(scores, order, axis=1)
+        neighbours[ids] = np.take_along_axis(found, order, axis=1)
+        cosines[ids] = np.take_along_axis(scores, order, axis=1)
     method = index.method
     del index  # its codes: a quarter (or half) of the vectors' memory
     left, right, cosine = np.repeat(np.arange(n), k), neighbours.ravel(), cosines.ravel()
@@ -216,11 +215,22 @@ class Partition:
         return quantizer
 
     @cached_property
-    def probed(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per block of QUERY_CHUNK rows: the similarities and ids of each row's ``probes``
-        nearest lists, nearest first."""
-        blocks = _blocks(self.rows, QUERY_CHUNK)
-        return [self.quantizer.search(block, self.probes) for _, block in blocks]
+    def probed(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's ``probes`` nearest lists, nearest first: their similarities (N x probes,
+        float32) and ids (N x probes)."""
+        found = [
+            self.quantizer.search(block, self.probes)
+            for _, block in _blocks(self.rows, QUERY_CHUNK)
+        ]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+    def query_blocks(self) -> Iterator[np.ndarray]:
+        """The rows, QUERY_CHUNK at a time, in the order of their nearest list. Scanning the
+        codes is bound by reading them from memory: queries in this order probe the same lists
+        one after another, which stay in the cache."""
+        order = np.argsort(self.probed[1][:, 0], kind="stable")
+        for start in range(0, len(order), QUERY_CHUNK):
+            yield order[start : start + QUERY_CHUNK]
 
 
 @dataclass(frozen=True)
@@ -255,10 +265,9 @@ class InvertedFile:
         sample = rng.choice(n, size=min(n, TRAIN_PER_LIST * partition.lists), replace=False)
         index.train(rows.take(np.sort(sample)))  # the codes only: the quantizer is trained
         index.nprobe = partition.probes
-        for (_, block), (_, nearest) in zip(
-            _blocks(rows, QUERY_CHUNK), partition.probed, strict=True
-        ):
-            add_preassigned(index, block, np.ascontiguousarray(nearest[:, 0]))
+        nearest = np.ascontiguousarray(partition.probed[1][:, 0])
+        for start, block in _blocks(rows, QUERY_CHUNK):
+            add_preassigned(index, block, nearest[start : start + len(block)])
         codes = "float16" if half_precision else "8-bit"
         method = (
             f"approximate (IVF: {partition.lists:,} lists, {partition.probes} probed, "
@@ -267,19 +276,19 @@ class InvertedFile:
         return cls(index, partition, method)
 
     def range_search(
-        self, start: int, queries: np.ndarray, radius: float
+        self, ids: np.ndarray, queries: np.ndarray, radius: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """FAISS's range search of the rows ``start...`` (a block of QUERY_CHUNK)."""
+        """FAISS's range search of the rows ``ids`` (``queries``, in their probed lists)."""
         from faiss.contrib.ivf_tools import range_search_preassigned
 
-        similarities, nearest = self.partition.probed[start // QUERY_CHUNK]
+        similarities, nearest = (np.ascontiguousarray(a[ids]) for a in self.partition.probed)
         return range_search_preassigned(self.index, queries, radius, nearest, similarities)
 
-    def search(self, start: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS's ``k`` best of the rows ``start...`` (a block of QUERY_CHUNK)."""
+    def search(self, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's ``k`` best of the rows ``ids`` (``queries``, in their probed lists)."""
         from faiss.contrib.ivf_tools import search_preassigned
 
-        similarities, nearest = self.partition.probed[start // QUERY_CHUNK]
+        similarities, nearest = (np.ascontiguousarray(a[ids]) for a in self.partition.probed)
         return search_preassigned(self.index, queries, k, nearest, similarities)
 
 

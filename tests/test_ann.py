@@ -90,10 +90,12 @@ def test_probing_every_list_finds_the_exact_nearest_neighbours():
     assert "float16 codes" in report.method and "neighbours exact search finds" in report.line()
 
 
-def test_both_searches_on_one_partition_find_what_exact_search_finds():
+def test_both_searches_on_one_partition_find_what_exact_search_finds(monkeypatch):
     """As dedupe runs them: the centred rows' pairs, stored in the lists of a partition of the
-    plain rows, and the plain rows' neighbours. With every list probed each equals exact
-    search; the partition is built on first use, once, and never for exact searches."""
+    plain rows, and the plain rows' neighbours, queried in blocks of rows grouped by nearest
+    list. With every list probed each equals exact search; the partition is built on first use,
+    once, and never for exact searches."""
+    monkeypatch.setattr(ann, "QUERY_CHUNK", 700)
     plain, _ = clustered(3_000, seed=7)
     plain_rows, centred = UnitRows(plain), UnitRows.centred(plain)
     partition = ann.Partition(plain_rows, probes=10_000)
@@ -109,6 +111,10 @@ def test_both_searches_on_one_partition_find_what_exact_search_finds():
     i, j, _, how = neighbour_pairs(plain_rows, 8, -1.0, search="approximate", partition=partition)
     assert len(pair_set(i, j) & expected) >= 0.999 * len(expected) and how.recall >= 0.999
     assert partition.quantizer is quantizer and f"{partition.lists:,} lists" in how.method
+    blocks = list(partition.query_blocks())
+    order = np.concatenate(blocks)
+    assert len(blocks) == 5 and sorted(order.tolist()) == list(range(len(plain)))
+    assert (np.diff(partition.probed[1][order, 0]) >= 0).all()  # by nearest list
 
 
 def test_codes_in_the_lists_of_other_rows_score_their_own_cosines():
@@ -119,7 +125,8 @@ def test_codes_in_the_lists_of_other_rows_score_their_own_cosines():
     raw = rng.gamma(0.6, 1.0, size=(3_000, 128)).astype(np.float32)  # non-negative, like ReLU
     centred = UnitRows.centred(raw)
     index = ann.InvertedFile.build(centred, ann.Partition(UnitRows(raw), probes=8))
-    limits, scores, found = index.range_search(0, centred.take(slice(None)), -2.0)
+    every = np.arange(len(raw))
+    limits, scores, found = index.range_search(every, centred.take(every), -2.0)
     queries = np.repeat(np.arange(len(raw)), np.diff(limits).astype(np.int64))
     exact = centred.cosines(queries, found)
     assert len(found) > 10 * len(raw)
