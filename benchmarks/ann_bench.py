@@ -33,7 +33,8 @@ def run_one(n: int, search: str, probes: int) -> dict[str, object]:
     config = DedupeConfig()
     start = time.perf_counter()
     plain = UnitRows(vectors)
-    partition = Partition(plain, probes)  # shared, as dedupe shares it; built by the first search
+    # Shared, as dedupe shares it; built by the first search.
+    partition = Partition(plain, max(probes, config.neighbour_probes))
     i, j, _, report = similar_pairs(
         UnitRows.centred(vectors),
         config.cosine_threshold,
@@ -47,7 +48,7 @@ def run_one(n: int, search: str, probes: int) -> dict[str, object]:
         config.geometry_neighbours,
         config.geometry_floor,
         search=search,
-        probes=probes,
+        probes=config.neighbour_probes,
         partition=partition,
     )
     end = time.perf_counter()

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=DedupeConfig.probes)
+    parser.add_argument("--neighbour-probes", type=int, default=DedupeConfig.neighbour_probes)
     args = parser.parse_args()
     config = DedupeConfig()
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; n={args.n:,}")
@@ -91,7 +92,8 @@ def main() -> None:
 
     start = time.perf_counter()
     centred, plain = UnitRows.centred(vectors), UnitRows(vectors)
-    partition = Partition(plain, args.probes)  # shared by both searches, as in dedupe
+    # Shared by both searches, as in dedupe.
+    partition = Partition(plain, max(args.probes, args.neighbour_probes))
     i, j, _, report = similar_pairs(
         centred,
         config.cosine_threshold,
@@ -120,7 +122,7 @@ def main() -> None:
         config.geometry_neighbours,
         config.geometry_floor,
         search="approximate",
-        probes=args.probes,
+        probes=args.neighbour_probes,
         partition=partition,
     )
     neighbour_seconds = time.perf_counter() - start

@@ -417,6 +417,14 @@ def dedupe(
             min=1,
         ),
     ] = DedupeConfig.probes,
+    neighbour_probes: Annotated[
+        int,
+        typer.Option(
+            help="Approximate search of the geometry layer's neighbours: lists each image "
+            "probes (more: slower, fewer missed neighbours).",
+            min=1,
+        ),
+    ] = DedupeConfig.neighbour_probes,
     root: RootOption = None,
 ) -> None:
     """Find duplicate clusters in MANIFESTS/scan.parquet and write MANIFESTS/dedupe.parquet.
@@ -444,6 +452,7 @@ def dedupe(
             related_threshold=related_threshold,
             search=search,
             probes=probes,
+            neighbour_probes=neighbour_probes,
         )
         if geometry and not embeddings:
             error_console.print(

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fracture_curate.ann import (
+    NEIGHBOUR_PROBES,
     SEARCH_METHODS,
     Partition,
     SearchReport,
@@ -80,9 +81,11 @@ class DedupeConfig:
     related_threshold: int = RELATED_INLIERS  #: min keypoints on one transform for related films
     block: int = 2048  #: side of the similarity search's square tiles
     #: "auto" (exact up to ``ann.EXACT_LIMIT`` images, an inverted file beyond), "exact" or
-    #: "approximate"; ``probes``: lists of the inverted file each image is compared with
+    #: "approximate"; ``probes``: lists of the inverted file each image is compared with, for
+    #: the pairs and for the geometry layer's neighbours
     search: str = "auto"
     probes: int = 8
+    neighbour_probes: int = NEIGHBOUR_PROBES
 
     CONSTRAINTS: ClassVar[Constraints] = {
         "phash_radius": Interval(0, HASH_BITS, integer=True),
@@ -98,6 +101,7 @@ class DedupeConfig:
         "block": Interval(1, integer=True),
         "search": Options(SEARCH_METHODS),
         "probes": Interval(1, integer=True),
+        "neighbour_probes": Interval(1, integer=True),
     }
 
     def __post_init__(self) -> None:
@@ -225,7 +229,7 @@ def _embedding_layers(
     vectors = embedding_matrix(embeddings, files["image_id"])
     centred, plain = UnitRows.centred(vectors), UnitRows(vectors)
     # Approximate searches share one partition of the plain rows (built only if one needs it).
-    partition = Partition(plain, config.probes)
+    partition = Partition(plain, max(config.probes, config.neighbour_probes))
     i, j, similarity, report = similar_pairs(
         centred,
         config.cosine_threshold,
@@ -244,7 +248,7 @@ def _embedding_layers(
         config.geometry_neighbours,
         config.geometry_floor,
         search=config.search,
-        probes=config.probes,
+        probes=config.neighbour_probes,
         partition=partition,
     )
     near = _layer_pairs(positions, i, j, "geometry", centred.cosines(i, j))

@@ -117,6 +117,19 @@ def test_both_searches_on_one_partition_find_what_exact_search_finds(monkeypatch
     assert (np.diff(partition.probed[1][order, 0]) >= 0).all()  # by nearest list
 
 
+def test_each_search_probes_its_own_share_of_a_shared_partition():
+    """The neighbours probe more lists than the pairs on one partition: a search that probes 2 of
+    the 12 lists found for each row finds what it finds on a partition of 2, and 12 find more."""
+    plain, _ = clustered(3_000, seed=9)
+    rows = UnitRows(plain)
+    shared, own = ann.Partition(rows, probes=12), ann.Partition(rows, probes=2)
+    few = neighbour_pairs(rows, 8, -1.0, search="approximate", probes=2, partition=shared)
+    alone = neighbour_pairs(rows, 8, -1.0, search="approximate", probes=2, partition=own)
+    assert "2 probed" in few[3].method and pair_set(*few[:2]) == pair_set(*alone[:2])
+    wide = neighbour_pairs(rows, 8, -1.0, search="approximate", probes=12, partition=shared)
+    assert "12 probed" in wide[3].method and wide[3].recall > few[3].recall
+
+
 def test_codes_in_the_lists_of_other_rows_score_their_own_cosines():
     """The pair search stores centred rows in the lists of the plain rows' partition: the codes'
     similarities are the centred cosines (within a quarter of the margin the candidates are
@@ -124,7 +137,7 @@ def test_codes_in_the_lists_of_other_rows_score_their_own_cosines():
     rng = np.random.default_rng(8)
     raw = rng.gamma(0.6, 1.0, size=(3_000, 128)).astype(np.float32)  # non-negative, like ReLU
     centred = UnitRows.centred(raw)
-    index = ann.InvertedFile.build(centred, ann.Partition(UnitRows(raw), probes=8))
+    index = ann.InvertedFile.build(centred, ann.Partition(UnitRows(raw), probes=8), probes=8)
     every = np.arange(len(raw))
     limits, scores, found = index.range_search(every, centred.take(every), -2.0)
     queries = np.repeat(np.arange(len(raw)), np.diff(limits).astype(np.int64))
