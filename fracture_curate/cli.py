@@ -412,8 +412,8 @@ def dedupe(
     probes: Annotated[
         int,
         typer.Option(
-            help="Approximate search: lists of the inverted file each image is "
-            "compared with (more: slower, fewer missed pairs).",
+            help="Approximate search of the pairs above --cosine-threshold: lists of the "
+            "inverted file each image is compared with (more: slower, fewer missed pairs).",
             min=1,
         ),
     ] = DedupeConfig.probes,

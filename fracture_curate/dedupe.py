@@ -22,6 +22,7 @@ import pandas as pd
 
 from fracture_curate.ann import (
     NEIGHBOUR_PROBES,
+    PAIR_PROBES,
     SEARCH_METHODS,
     Partition,
     SearchReport,
@@ -81,10 +82,10 @@ class DedupeConfig:
     related_threshold: int = RELATED_INLIERS  #: min keypoints on one transform for related films
     block: int = 2048  #: side of the similarity search's square tiles
     #: "auto" (exact up to ``ann.EXACT_LIMIT`` images, an inverted file beyond), "exact" or
-    #: "approximate"; ``probes``: lists of the inverted file each image is compared with, for
-    #: the pairs and for the geometry layer's neighbours
+    #: "approximate"; ``probes``: lists of the inverted file each image is compared with for
+    #: the pairs, ``neighbour_probes`` for the geometry layer's neighbours
     search: str = "auto"
-    probes: int = 8
+    probes: int = PAIR_PROBES
     neighbour_probes: int = NEIGHBOUR_PROBES
 
     CONSTRAINTS: ClassVar[Constraints] = {

@@ -22,8 +22,8 @@ match, but the new projection, the soft tissue and the new grain leave most matc
 single transform. Different images that merely look alike match in single digits.
 
 A pair may be tested with its second image turned or mirrored first (one of pHash's 8
-orientations): a pHash match is a copy only when the test, on the picture turned back as the hash
-matched it, finds one.
+orientations): a pHash or embedding match is a copy only when the test, on the picture turned
+back as the pair's hashes match, finds one.
 
 Most candidate pairs are different images, so every pair is first screened coarse-to-fine: the
 same test on small working images (:data:`SCREEN_SIDE` pixels, :data:`SCREEN_KEYPOINTS`

@@ -64,17 +64,23 @@ def unpack_hashes(blobs: Sequence[bytes]) -> np.ndarray:
     )
 
 
+def orientation_bits(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """N x 8: for each pair of rows of two N x 8 x 4 hash arrays, the bits between ``left``'s
+    identity hash and each orientation of ``right``."""
+    return np.bitwise_count(left[:, :1] ^ right).sum(axis=2)
+
+
 def phash_distance(a: bytes, b: bytes) -> int:
     """Bits between ``a``'s identity hash and the closest orientation of ``b``."""
     hashes = unpack_hashes([a, b])
-    return int(np.bitwise_count(hashes[0, 0] ^ hashes[1]).sum(axis=1).min())
+    return int(orientation_bits(hashes[:1], hashes[1:]).min())
 
 
 def closest_orientations(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """For each pair of rows of two N x 8 x 4 hash arrays, the orientation of ``right`` closest
     to ``left``'s identity hash (the first of ties): ``right`` turned so looks most like
     ``left``."""
-    return np.bitwise_count(left[:, :1] ^ right).sum(axis=2).argmin(axis=1)
+    return orientation_bits(left, right).argmin(axis=1)
 
 
 def phash_pairs(
