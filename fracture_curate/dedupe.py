@@ -47,7 +47,7 @@ from fracture_curate.manifest import (
     write_stage,
 )
 from fracture_curate.params import Constraints, Interval, Options, check_params
-from fracture_curate.phash import HASH_BITS, closest_orientations, phash_pairs, unpack_hashes
+from fracture_curate.phash import HASH_BITS, orientation_bits, phash_pairs, unpack_hashes
 from fracture_curate.progress import ProgressCallback
 from fracture_curate.schema import DEDUPE_COLUMNS, MATCH_KINDS, empty_columns
 from fracture_curate.vectors import UnitRows, embedding_matrix
@@ -183,11 +183,19 @@ def find_pairs(
     embedded, neighbours, reports = _embedding_layers(scan, embeddings, config, neighbours=check)
     if not check:
         return Pairs.concat([*exact, hashed, embedded]), RelatedPairs.none(), reports
-    # One test of each candidate, the right picture turned as its hash matched the left one's
-    # (a neighbour as it is, an embedding match as its hashes are closest).
-    candidates = Pairs.concat([neighbours, hashed, embedded])
+    # One test of each candidate, the right picture turned as its hash matched the left one's:
+    # a neighbour as it is, an embedding match as its hashes are closest and, where that is a
+    # turn, as it is too (far apart in every orientation, the closest is chance).
+    closest = closest_orientations(scan, embedded)
+    turned = closest != 0
+    candidates = Pairs.concat([neighbours, hashed, embedded, embedded.take(turned)])
     orientation = np.concatenate(
-        [np.zeros(len(neighbours.left), np.int64), turns, _closest_orientations(scan, embedded)]
+        [
+            np.zeros(len(neighbours.left), np.int64),
+            turns,
+            closest,
+            np.zeros(int(turned.sum()), np.int64),
+        ]
     )
     rows, items = np.unique(
         np.concatenate([candidates.left, candidates.right]), return_inverse=True
@@ -270,17 +278,19 @@ def _phash_layer(scan: pd.DataFrame, radius: int) -> tuple[Pairs, np.ndarray]:
     return _layer_pairs(positions, i, j, "phash", 1.0 - bits / HASH_BITS), turns
 
 
-def _closest_orientations(scan: pd.DataFrame, pairs: Pairs) -> np.ndarray:
-    """For each pair, the orientation in which its right picture's pHash is closest to its
-    left one's (0 where a picture has no hash)."""
+def closest_orientations(scan: pd.DataFrame, pairs: Pairs) -> np.ndarray:
+    """For each pair of rows of ``scan``, the orientation in which its right picture's pHash is
+    closest to its left one's (the first of ties; 0 where a picture has no hash)."""
     turns = np.zeros(len(pairs.left), dtype=np.int64)
     blobs = scan["phash"].to_numpy()
     hashed = scan["phash"].notna().to_numpy()
     both = hashed[pairs.left] & hashed[pairs.right]
     if both.any():
-        left = unpack_hashes(blobs[pairs.left[both]].tolist())
-        right = unpack_hashes(blobs[pairs.right[both]].tolist())
-        turns[both] = closest_orientations(left, right)
+        bits = orientation_bits(
+            unpack_hashes(blobs[pairs.left[both]].tolist()),
+            unpack_hashes(blobs[pairs.right[both]].tolist()),
+        )
+        turns[both] = bits.argmin(axis=1)
     return turns
 
 

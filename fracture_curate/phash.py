@@ -76,13 +76,6 @@ def phash_distance(a: bytes, b: bytes) -> int:
     return int(orientation_bits(hashes[:1], hashes[1:]).min())
 
 
-def closest_orientations(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """For each pair of rows of two N x 8 x 4 hash arrays, the orientation of ``right`` closest
-    to ``left``'s identity hash (the first of ties): ``right`` turned so looks most like
-    ``left``."""
-    return orientation_bits(left, right).argmin(axis=1)
-
-
 def phash_pairs(
     hashes: np.ndarray, radius: int, *, block: int = 65_536
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:

@@ -12,7 +12,9 @@ from PIL import Image
 
 from fracture_curate.dedupe import (
     DedupeConfig,
+    Pairs,
     RelatedPairs,
+    closest_orientations,
     deduplicate,
     filled_copies,
     find_pairs,
@@ -27,8 +29,8 @@ from fracture_curate.manifest import ManifestError, manifest_path, read_provenan
 from fracture_curate.phash import (
     HASH_BITS,
     ORIENTATIONS,
-    closest_orientations,
     orient,
+    orientation_bits,
     phash_distance,
     phash_pairs,
 )
@@ -666,6 +668,37 @@ def test_embedding_matches_stand_only_where_the_geometry_layer_finds_a_copy(tmp_
     assert set(smooth["match_kind"].dropna()) == {"embedding"}
 
 
+def test_an_embedding_match_is_turned_as_its_hashes_are_closest():
+    """A pair is turned into the orientation nearest in pHash, the first of ties; a picture
+    without a hash is taken as it is."""
+    rng = np.random.default_rng(12)
+    hashes = rng.integers(0, 2**63, size=(3, len(ORIENTATIONS), 4), dtype=np.uint64)
+    hashes[1, 5] = hashes[0, 0] ^ np.uint64(0b111)  # 1 turned as FLIP_LEFT_RIGHT is 0, 3 bits off
+    hashes[2, 0] = hashes[2, 3] = hashes[0, 0]  # 2 as it is and turned 270: ties, 0 first
+    scan = pd.DataFrame({"phash": [h.tobytes() for h in hashes] + [None]})
+    pairs = Pairs(np.array([0, 0, 0]), np.array([1, 2, 3]), np.zeros(3, int), np.ones(3))
+    assert closest_orientations(scan, pairs).tolist() == [5, 0, 0]
+
+
+def test_an_embedding_match_turned_by_chance_is_also_tested_as_it_is(tmp_path, monkeypatch):
+    """A crop is far from its source in pHash in every orientation, and the closest of those
+    can be a turn by chance (a near-symmetric radiograph): the match is tested as it is too."""
+    image = phantom(7, size=256)
+    image.save(tmp_path / "source.png")
+    image.crop((20, 16, 236, 240)).save(tmp_path / "cropped.png")
+    phantom(70, size=256).save(tmp_path / "other.png")
+    scan = scanned(tmp_path)
+    every = DedupeConfig(phash_radius=0, cosine_threshold=-1.0, geometry_floor=1.0)
+
+    def mirrored(scan, pairs):
+        return np.full(len(pairs.left), 5)  # FLIP_LEFT_RIGHT closest for every pair
+
+    monkeypatch.setattr("fracture_curate.dedupe.closest_orientations", mirrored)
+    frame = by_path(deduplicate(scan, random_embeddings(scan, seed=7), every, root=tmp_path))
+    assert frame.loc[["source.png", "cropped.png"], "cluster_size"].eq(2).all()
+    assert frame.loc["other.png", "cluster_size"] == 1
+
+
 def brute_force_phash_pairs(hashes, radius):
     """Every pair i < j whose identity hash of i is within ``radius`` bits of some orientation
     of j, with the closest distance: every pair compared in numpy."""
@@ -700,6 +733,6 @@ def test_hash_pairs_are_every_pair_within_the_radius_in_some_orientation(block):
     assert dict(zip(pairs, bits.tolist(), strict=True)) == expected
     # The orientation of j that is that close to i's identity hash.
     assert (np.bitwise_count(hashes[i, 0] ^ hashes[j, turns]).sum(axis=1) == bits).all()
-    assert (closest_orientations(hashes[i], hashes[j]) == turns).all()
+    assert (orientation_bits(hashes[i], hashes[j]).argmin(axis=1) == turns).all()
     assert 50 < len(expected) < 200  # some planted copies fall outside the radius
     assert (np.diff(i * len(hashes) + j) > 0).all()  # sorted by (i, j), each once
