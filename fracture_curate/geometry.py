@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import reverse_cuthill_mckee
+from threadpoolctl import threadpool_limits
 
 from fracture_curate.dataset_files import ScannedFile
 from fracture_curate.images import ImageLoadError, to_rgb8
@@ -153,18 +154,26 @@ def file_features(file: ScannedFile, screen: bool = False, orientation: int = 0)
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matches ``(rows of a, rows of b)`` of descriptors that pass the ratio test."""
+    """One-to-one matches ``(rows of a, rows of b)`` of descriptors that pass the ratio test.
+
+    SIFT's values are whole numbers 0-255 of a vector of norm about 512, so every squared
+    distance, and every partial sum of one, is a whole number below 2^24: float32 holds them
+    exactly, whatever the order of the sums.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     a, b = a.astype(np.float32), b.astype(np.float32)
-    # Squared distances; cv2.gemm releases the GIL and starts no BLAS threads of its own.
-    squared = cv2.gemm(a, b, -2.0, None, 0.0, flags=cv2.GEMM_2_T)
-    squared += (a * a).sum(axis=1)[:, None]
-    squared += (b * b).sum(axis=1)[None, :]
-    np.maximum(squared, 0.0, out=squared)  # rounding; a tie at 0 must fail the ratio test
+    # Squared distances less |a_i|^2 (constant along a row, added back to the two nearest).
+    partial = a @ (-2.0 * b).T
+    partial += np.einsum("ij,ij->i", b, b)[None, :]
     rows = np.arange(len(a))
-    nearest = squared.argmin(axis=1)
-    first = squared[rows, nearest]
-    squared[rows, nearest] = np.inf
-    passed = first < RATIO * RATIO * squared.min(axis=1)
+    nearest = partial.argmin(axis=1)
+    first = partial[rows, nearest]
+    partial[rows, nearest] = np.inf
+    norms = np.einsum("ij,ij->i", a, a)
+    first = np.maximum(first + norms, 0.0)  # a tie at 0 must fail the ratio test
+    second = np.maximum(partial.min(axis=1) + norms, 0.0)
+    passed = first < RATIO * RATIO * second
     rows, nearest, first = rows[passed], nearest[passed], first[passed]
     # Where several rows of a chose the same row of b, keep the closest.
     order = np.lexsort((first, nearest))
@@ -326,7 +335,9 @@ def _score_pairs(
     def scored(pair: int) -> tuple[int, ...]:
         return score(features[int(a[pair])], features[int(b[pair])])
 
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    # The pairs are the parallel work: BLAS (the descriptors' products) on one thread.
+    workers = workers or os.cpu_count() or 1
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(order), chunk):
             batch = order[start : start + chunk]
             features.update(zip(batch.tolist(), pool.map(describe, batch), strict=True))

@@ -89,6 +89,31 @@ def test_a_pair_listed_twice_is_tested_once(phantoms, monkeypatch):
     assert not evidence.copies()[2] and not evidence.copies()[3]  # mirrored; other phantoms
 
 
+def lowe_matches(a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
+    """Lowe's ratio test and one-to-one matching, written out a descriptor at a time."""
+    squared = ((a[:, None, :].astype(np.int64) - b[None, :, :]) ** 2).sum(axis=2)
+    chosen: dict[int, tuple[int, int]] = {}  # row of b -> (distance, row of a)
+    for row, distances in enumerate(squared if len(b) else []):
+        nearest = int(np.argmin(distances))
+        second = np.delete(distances, nearest).min(initial=np.iinfo(np.int64).max)
+        if distances[nearest] < geometry.RATIO**2 * second:
+            chosen[nearest] = min(chosen.get(nearest, (np.inf, -1)), (distances[nearest], row))
+    return {(row, nearest) for nearest, (_, row) in chosen.items()}
+
+
+def test_ratio_matches_are_lowes_test_one_to_one():
+    """The matrix form of the ratio test equals it written out, ties (which fail it), images
+    with one descriptor or none and repeated descriptors included."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = rng.integers(0, 3, (int(rng.integers(0, 25)), 6)).astype(np.uint8)
+        b = rng.integers(0, 3, (int(rng.integers(0, 10)), 6)).astype(np.uint8)
+        if rng.random() < 0.3:
+            b = np.concatenate([b, a[: len(a) // 2]])
+        rows, nearest = geometry.ratio_matches(a, b)
+        assert set(zip(rows.tolist(), nearest.tolist(), strict=True)) == lowe_matches(a, b)
+
+
 def test_unreadable_or_blank_images_score_zero(tmp_path, phantoms):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     blank = save_gray(tmp_path / "blank.png", np.full((64, 64), 90, dtype=np.uint8))
