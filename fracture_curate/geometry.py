@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -239,8 +240,9 @@ def pair_evidence(a: Features, b: Features) -> tuple[int, int, int]:
     rotation = math.degrees(math.atan2(transform[1, 0], transform[0, 0]))
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or abs(rotation) > MAX_ROTATION_DEGREES:
         return 0, len(rows_a), keypoints
-    kept = source[inliers.ravel().astype(bool)]
-    return len(np.unique(kept.round(), axis=0)), len(rows_a), keypoints
+    # Distinct keypoints, to the pixel: one key per rounded (x, y) (coordinates below 2^20).
+    x, y = source[inliers.ravel().astype(bool)].round().astype(np.int64).T
+    return len(np.unique((x << 20) | y)), len(rows_a), keypoints
 
 
 def verify_pairs(
@@ -335,9 +337,8 @@ def _score_pairs(
     def scored(pair: int) -> tuple[int, ...]:
         return score(features[int(a[pair])], features[int(b[pair])])
 
-    # The pairs are the parallel work: BLAS (the descriptors' products) on one thread.
     workers = workers or os.cpu_count() or 1
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+    with _libraries_on_one_thread(), ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(order), chunk):
             batch = order[start : start + chunk]
             features.update(zip(batch.tolist(), pool.map(describe, batch), strict=True))
@@ -350,6 +351,19 @@ def _score_pairs(
                 del features[k]
             phase.advance(len(batch))
     return evidence
+
+
+@contextmanager
+def _libraries_on_one_thread() -> Iterator[None]:
+    """OpenCV (SIFT) and BLAS (the descriptors' products) on one thread each: the images and
+    pairs are the parallel work, and threads of their own only contend for the same cores."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _schedule(n: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
